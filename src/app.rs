@@ -1,0 +1,241 @@
+//! Wiring only: binds the listeners, builds the hub and the shards, starts
+//! ingest and the operator API, and runs the drain sequence.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::sync::watch;
+
+use crate::api::{self, Api};
+use crate::auth::{OriginPolicy, Verifier};
+use crate::config::Config;
+use crate::handler::Handler;
+use crate::http::limits::ConnLimits;
+use crate::http::Gate;
+use crate::hub::Hub;
+use crate::ingest::{self, IngestConfig};
+use crate::shard::{self, Lifecycle, Shared};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("auth: {0}")]
+    Key(#[from] crate::auth::KeyError),
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start threads: {0}")]
+    Thread(std::io::Error),
+}
+
+/// A running gateway. Dropping it without [`Server::shutdown`] leaves its
+/// threads running until the process exits.
+pub struct Server {
+    ws_addr: SocketAddr,
+    ingest_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    shared: Arc<Shared>,
+    hub: Hub,
+    lifecycle: watch::Sender<Lifecycle>,
+    stop_ingest: watch::Sender<bool>,
+    stop_admin: watch::Sender<bool>,
+    shards: Vec<std::thread::JoinHandle<()>>,
+    control: tokio::runtime::Runtime,
+    drain: Duration,
+}
+
+impl Server {
+    /// Binds everything and starts serving; returns once every listener is
+    /// accepting, so a test can connect right away.
+    pub fn start(config: Config, handler: Arc<dyn Handler>) -> Result<Server, StartError> {
+        let config = Arc::new(config);
+        let prometheus = crate::metrics::install();
+        let n = config.shard_count().max(1);
+        let l = &config.limits;
+        let gate = Gate {
+            verifier: Verifier::new(&config.auth)?,
+            origin: OriginPolicy::new(&config.auth.allowed_origins),
+            allow_query_token: config.auth.allow_query_token,
+            limits: ConnLimits::new(
+                l.max_connections,
+                l.max_connections_per_ip,
+                l.max_connections_per_user,
+                l.handshakes_per_s,
+            ),
+            draining: AtomicBool::new(false),
+        };
+        let (hub, inboxes) = Hub::new(n, config.hub.inbox_capacity);
+        let shared = Arc::new(Shared::new(config.clone(), gate, hub.clone(), handler));
+
+        let backlog = config.listen.backlog as i32;
+        let ws = bind_reuseport(config.listen.ws, n, backlog)?;
+        let ws_addr = local_addr("ws", config.listen.ws, &ws[0])?;
+        let ingest_l = bind("ingest", config.listen.ingest, backlog)?;
+        let ingest_addr = local_addr("ingest", config.listen.ingest, &ingest_l)?;
+        let admin_l = bind("admin", config.listen.admin, backlog)?;
+        let admin_addr = local_addr("admin", config.listen.admin, &admin_l)?;
+
+        let (lifecycle, lifecycle_rx) = watch::channel(Lifecycle::Running);
+        let mut shards = Vec::with_capacity(n);
+        for (id, (inbox, listener)) in inboxes.into_iter().zip(ws).enumerate() {
+            shards.push(
+                shard::spawn(id, shared.clone(), inbox, listener, lifecycle_rx.clone())
+                    .map_err(StartError::Thread)?,
+            );
+        }
+
+        let control = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("herald-control")
+            .enable_all()
+            .build()
+            .map_err(StartError::Thread)?;
+        let (stop_ingest, stop_ingest_rx) = watch::channel(false);
+        let (stop_admin, stop_admin_rx) = watch::channel(false);
+        {
+            let _guard = control.enter();
+            let ingest_cfg = Arc::new(IngestConfig {
+                tokens: config.ingest.tokens.clone(),
+                max_frame: config.ingest.max_frame_bytes,
+                hello_timeout: Duration::from_millis(config.ingest.hello_timeout_ms),
+                max_feeds: config.ingest.max_feeds,
+            });
+            let ingest_l = tokio::net::TcpListener::from_std(ingest_l).map_err(StartError::Thread)?;
+            let admin_l = tokio::net::TcpListener::from_std(admin_l).map_err(StartError::Thread)?;
+            control.spawn(ingest::serve(ingest_l, ingest_cfg, hub.clone(), stop_ingest_rx));
+            let api = Arc::new(Api::new(shared.clone(), hub.clone(), prometheus.clone()));
+            control.spawn(api::serve(admin_l, api, stop_admin_rx));
+            control.spawn(async move {
+                // The exporter buffers histogram samples until upkeep.
+                let mut iv = tokio::time::interval(Duration::from_secs(5));
+                loop {
+                    iv.tick().await;
+                    prometheus.run_upkeep();
+                }
+            });
+        }
+        tracing::info!(%ws_addr, %ingest_addr, %admin_addr, shards = n, "herald listening");
+        Ok(Server {
+            ws_addr,
+            ingest_addr,
+            admin_addr,
+            shared,
+            hub,
+            lifecycle,
+            stop_ingest,
+            stop_admin,
+            shards,
+            control,
+            drain: Duration::from_millis(config.timeouts.drain_ms),
+        })
+    }
+
+    pub fn ws_addr(&self) -> SocketAddr {
+        self.ws_addr
+    }
+
+    pub fn ingest_addr(&self) -> SocketAddr {
+        self.ingest_addr
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    pub fn connections(&self) -> u64 {
+        self.shared
+            .stats
+            .iter()
+            .map(|s| s.connections.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Drains and stops: stop accepting, `/readyz` → 503, close every
+    /// session with 1001 after what it has queued, wait for them up to the
+    /// drain time, then stop. Returns true if every session closed in time.
+    pub async fn shutdown(self) -> bool {
+        let started = Instant::now();
+        self.shared.gate.draining.store(true, Ordering::Relaxed);
+        let _ = self.lifecycle.send(Lifecycle::Draining);
+        let _ = self.stop_ingest.send(true);
+        let open = self.connections();
+        tracing::info!(open, drain_ms = self.drain.as_millis() as u64, "draining");
+        self.hub.drain().await;
+        let deadline = started + self.drain;
+        let mut clean = true;
+        while self.connections() > 0 {
+            if Instant::now() >= deadline {
+                clean = false;
+                tracing::warn!(left = self.connections(), "drain time over; dropping the rest");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let _ = self.lifecycle.send(Lifecycle::Exit);
+        let _ = self.stop_admin.send(true);
+        let shards = self.shards;
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in shards {
+                let _ = t.join();
+            }
+        })
+        .await;
+        self.control.shutdown_background();
+        tracing::info!(clean, elapsed_ms = started.elapsed().as_millis() as u64, "stopped");
+        clean
+    }
+}
+
+fn local_addr(what: &'static str, addr: SocketAddr, l: &std::net::TcpListener) -> Result<SocketAddr, StartError> {
+    l.local_addr().map_err(|source| StartError::Bind { what, addr, source })
+}
+
+fn socket(addr: SocketAddr, reuse_port: bool) -> std::io::Result<Socket> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    if reuse_port {
+        s.set_reuse_port(true)?;
+    }
+    s.set_nonblocking(true)?;
+    s.set_tcp_nodelay(true)?;
+    Ok(s)
+}
+
+/// A listener with a real backlog: tokio's default of 1024 resets
+/// connections during a connect storm.
+fn bind(what: &'static str, addr: SocketAddr, backlog: i32) -> Result<std::net::TcpListener, StartError> {
+    let err = |source| StartError::Bind { what, addr, source };
+    let s = socket(addr, false).map_err(err)?;
+    s.bind(&addr.into()).map_err(err)?;
+    s.listen(backlog).map_err(err)?;
+    Ok(s.into())
+}
+
+/// One `SO_REUSEPORT` listener per shard on the same address: the kernel
+/// spreads new connections over the shards with no hand-off between them.
+/// With port 0 the first bind picks the port and the others reuse it.
+fn bind_reuseport(addr: SocketAddr, n: usize, backlog: i32) -> Result<Vec<std::net::TcpListener>, StartError> {
+    let err = |source| StartError::Bind { what: "ws", addr, source };
+    let mut out: Vec<std::net::TcpListener> = Vec::with_capacity(n);
+    let mut at = addr;
+    for _ in 0..n {
+        let s = socket(at, true).map_err(err)?;
+        s.bind(&at.into()).map_err(err)?;
+        s.listen(backlog).map_err(err)?;
+        let l: std::net::TcpListener = s.into();
+        if out.is_empty() {
+            at = l.local_addr().map_err(err)?;
+        }
+        out.push(l);
+    }
+    Ok(out)
+}

@@ -1,0 +1,830 @@
+//! JWT verification into typed [`Claims`].
+//!
+//! This is the only module that names `jsonwebtoken`. Each configured key
+//! pins exactly one algorithm, chosen from the key's type and never from the
+//! token: the header's `alg` only selects which configured key to try, and
+//! must then equal that key's algorithm. That closes `alg: none` and the
+//! HS256-signed-with-the-RSA-public-key confusion by construction.
+//!
+//! Time checks (`exp`, `nbf`) are done here rather than by `jsonwebtoken`, so
+//! that [`Verifier::verify_at`] takes `now` from the caller and tests need no
+//! clock.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use base64::Engine as _;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::config::Auth;
+use crate::wire::topic::{PatternError, Patterns};
+
+/// Longer tokens are refused before any base64 or JSON work; a real token is
+/// well under 2 KiB, and REFRESH lets a client send one in a message far
+/// larger than the handshake header limit.
+pub const MAX_TOKEN_BYTES: usize = 8192;
+
+/// What a verified token grants.
+#[derive(Debug, Clone)]
+pub struct Claims {
+    /// The user id; per-user limits and REFRESH's same-user check key on it.
+    pub sub: Arc<str>,
+    /// Unix seconds; the session closes with 4001 when it passes.
+    pub exp: u64,
+    /// Topics the user may subscribe to.
+    pub topics: Patterns,
+    /// Topics the user may publish to (claim `pub`).
+    pub publish: Patterns,
+}
+
+/// Why a token was refused. All are the client's fault (401 at the
+/// handshake, ERROR 401 on REFRESH); none is worth more than a debug log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("no token")]
+    Missing,
+    #[error("token is not a well-formed JWT")]
+    Malformed,
+    #[error("token signature does not verify")]
+    BadSignature,
+    #[error("token algorithm is not accepted by any configured key")]
+    Algorithm,
+    #[error("token has expired")]
+    Expired,
+    #[error("token is not valid yet")]
+    NotYetValid,
+    #[error("token audience does not match")]
+    Audience,
+    #[error("token issuer does not match")]
+    Issuer,
+    #[error("token claims are missing or ill-typed")]
+    Claims,
+}
+
+impl TokenError {
+    /// Bounded label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            TokenError::Missing => "missing",
+            TokenError::Malformed => "malformed",
+            TokenError::BadSignature => "bad_signature",
+            TokenError::Algorithm => "algorithm",
+            TokenError::Expired => "expired",
+            TokenError::NotYetValid => "not_yet_valid",
+            TokenError::Audience => "audience",
+            TokenError::Issuer => "issuer",
+            TokenError::Claims => "claims",
+        }
+    }
+}
+
+/// Startup errors building a [`Verifier`]; the operator's fault.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("cannot read public key {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("public key {}: {message}", path.display())]
+    Parse { path: PathBuf, message: String },
+    #[error("public key {}: is a private key; configure the public half", path.display())]
+    PrivateKey { path: PathBuf },
+    #[error("auth.{key}: {source}")]
+    Pattern {
+        key: &'static str,
+        source: PatternError,
+    },
+}
+
+/// One configured key with its pinned algorithm and prebuilt validation.
+#[derive(Debug, Clone)]
+struct PinnedKey {
+    alg: Algorithm,
+    key: DecodingKey,
+    validation: Validation,
+}
+
+#[derive(Debug, Clone)]
+pub struct Verifier {
+    hs256: Option<PinnedKey>,
+    public: Option<PinnedKey>,
+    leeway_s: u64,
+    default_topics: Patterns,
+    default_publish: Patterns,
+}
+
+/// The claims we read, kept as raw JSON so that an ill-typed claim is
+/// reported as [`TokenError::Claims`] rather than as a malformed token.
+#[derive(Deserialize)]
+struct RawClaims {
+    #[serde(default)]
+    sub: Value,
+    #[serde(default)]
+    exp: Value,
+    #[serde(default)]
+    nbf: Value,
+    #[serde(default)]
+    topics: Value,
+    #[serde(default, rename = "pub")]
+    publish: Value,
+}
+
+impl Verifier {
+    pub fn new(cfg: &Auth) -> Result<Verifier, KeyError> {
+        let hs256 = if cfg.hs256_secret.is_empty() {
+            None
+        } else {
+            if cfg.hs256_secret.len() < 32 {
+                tracing::warn!(
+                    "auth.hs256_secret is shorter than 32 bytes; HS256 tokens can be brute-forced"
+                );
+            }
+            Some(pin(
+                Algorithm::HS256,
+                DecodingKey::from_secret(cfg.hs256_secret.as_bytes()),
+                cfg,
+            ))
+        };
+        let public = match &cfg.public_key_file {
+            Some(path) => {
+                let (alg, key) = load_public_key(path)?;
+                Some(pin(alg, key, cfg))
+            }
+            None => None,
+        };
+        let default_topics = Patterns::parse(&cfg.default_topics).map_err(|source| {
+            KeyError::Pattern {
+                key: "default_topics",
+                source,
+            }
+        })?;
+        let default_publish = Patterns::parse(&cfg.default_publish).map_err(|source| {
+            KeyError::Pattern {
+                key: "default_publish",
+                source,
+            }
+        })?;
+        Ok(Verifier {
+            hs256,
+            public,
+            leeway_s: cfg.leeway_s,
+            default_topics,
+            default_publish,
+        })
+    }
+
+    /// Without keys every token is refused with [`TokenError::Algorithm`];
+    /// whether that is acceptable is the caller's decision.
+    pub fn has_keys(&self) -> bool {
+        self.hs256.is_some() || self.public.is_some()
+    }
+
+    /// The algorithm pinned by the public key, if one is configured.
+    pub fn public_key_algorithm(&self) -> Option<&'static str> {
+        self.public.as_ref().map(|k| alg_name(k.alg))
+    }
+
+    pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        self.verify_at(token, now_unix())
+    }
+
+    /// [`Verifier::verify`] at a given time (unix seconds).
+    pub fn verify_at(&self, token: &str, now: u64) -> Result<Claims, TokenError> {
+        if token.is_empty() {
+            return Err(TokenError::Missing);
+        }
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(TokenError::Malformed);
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|_| classify_bad_header(token))?;
+        // We implement no JWS extension, and RFC 7515 §4.1.11 says a token
+        // naming one we do not understand must be refused.
+        if header.crit.is_some() {
+            return Err(TokenError::Malformed);
+        }
+        let pinned = [&self.hs256, &self.public]
+            .into_iter()
+            .flatten()
+            .find(|k| k.alg == header.alg)
+            .ok_or(TokenError::Algorithm)?;
+
+        let data = jsonwebtoken::decode::<RawClaims>(token, &pinned.key, &pinned.validation)
+            .map_err(|e| map_error(e.kind()))?;
+        let raw = data.claims;
+
+        let exp = numeric_date(&raw.exp)?.ok_or(TokenError::Claims)?;
+        if exp.saturating_add(self.leeway_s) < now {
+            return Err(TokenError::Expired);
+        }
+        if let Some(nbf) = numeric_date(&raw.nbf)? {
+            if nbf > now.saturating_add(self.leeway_s) {
+                return Err(TokenError::NotYetValid);
+            }
+        }
+        let sub = match raw.sub {
+            Value::String(s) if !s.is_empty() => Arc::<str>::from(s),
+            _ => return Err(TokenError::Claims),
+        };
+        Ok(Claims {
+            sub,
+            exp,
+            topics: patterns_claim(&raw.topics, &self.default_topics)?,
+            publish: patterns_claim(&raw.publish, &self.default_publish)?,
+        })
+    }
+}
+
+fn pin(alg: Algorithm, key: DecodingKey, cfg: &Auth) -> PinnedKey {
+    let mut validation = Validation::new(alg);
+    // Time claims are checked in verify_at against the caller's clock.
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.required_spec_claims.clear();
+    // jsonwebtoken only checks aud/iss when the token carries them, so a
+    // configured value must also make the claim required. With no audience
+    // configured a token's `aud` is not ours to judge.
+    validation.validate_aud = cfg.audience.is_some();
+    if let Some(aud) = &cfg.audience {
+        validation.set_audience(&[aud]);
+        validation.required_spec_claims.insert("aud".to_owned());
+    }
+    if let Some(iss) = &cfg.issuer {
+        validation.set_issuer(&[iss]);
+        validation.required_spec_claims.insert("iss".to_owned());
+    }
+    PinnedKey {
+        alg,
+        key,
+        validation,
+    }
+}
+
+/// Reads a PEM public key and pins its algorithm: RSA→RS256, EC P-256→ES256,
+/// EC P-384→ES384, Ed25519→EdDSA. The key is exercised here so that a bad
+/// key fails at startup, not on the first handshake.
+fn load_public_key(path: &Path) -> Result<(Algorithm, DecodingKey), KeyError> {
+    let parse_err = |message: &str| KeyError::Parse {
+        path: path.to_path_buf(),
+        message: message.to_owned(),
+    };
+    let pem = std::fs::read(path).map_err(|source| KeyError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let text = String::from_utf8_lossy(&pem);
+    let label = text
+        .split_once("-----BEGIN ")
+        .and_then(|(_, rest)| rest.split_once("-----"))
+        .map(|(label, _)| label)
+        .ok_or_else(|| parse_err("not a PEM file (no -----BEGIN line)"))?;
+    // A private key would parse (the public half is derivable), but it means
+    // the signing secret was copied onto the gateway.
+    if label.contains("PRIVATE") {
+        return Err(KeyError::PrivateKey {
+            path: path.to_path_buf(),
+        });
+    }
+
+    let (alg, key) = if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
+        (Algorithm::RS256, key)
+    } else if let Ok(key) = DecodingKey::from_ec_pem(&pem) {
+        use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve};
+        let alg = match key_params(&key).map_err(|e| parse_err(&e))? {
+            AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => {
+                Algorithm::ES256
+            }
+            AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P384 => {
+                Algorithm::ES384
+            }
+            _ => return Err(parse_err("unsupported EC curve (use P-256 or P-384)")),
+        };
+        (alg, key)
+    } else if let Ok(key) = DecodingKey::from_ed_pem(&pem) {
+        (Algorithm::EdDSA, key)
+    } else {
+        return Err(parse_err(
+            "not an RSA, EC (P-256/P-384) or Ed25519 public key",
+        ));
+    };
+
+    // from_*_pem only unwraps the PEM/ASN.1 envelope. Converting to JWK
+    // parameters parses RSA keys and checks EC/Ed key lengths (the
+    // rust_crypto EdDSA verifier would panic on a short key); building a
+    // verifier then checks that EC points are on the curve.
+    key_params(&key).map_err(|e| parse_err(&format!("invalid key material: {e}")))?;
+    jsonwebtoken::crypto::verify("AA", b"probe", &key, alg)
+        .map_err(|e| parse_err(&format!("invalid key material: {e}")))?;
+    Ok((alg, key))
+}
+
+fn key_params(key: &DecodingKey) -> Result<jsonwebtoken::jwk::AlgorithmParameters, String> {
+    jsonwebtoken::jwk::Jwk::from_decoding_key(key, None)
+        .map(|j| j.algorithm)
+        .map_err(|e| e.to_string())
+}
+
+fn alg_name(alg: Algorithm) -> &'static str {
+    match alg {
+        Algorithm::HS256 => "HS256",
+        Algorithm::RS256 => "RS256",
+        Algorithm::ES256 => "ES256",
+        Algorithm::ES384 => "ES384",
+        Algorithm::EdDSA => "EdDSA",
+        _ => "other",
+    }
+}
+
+/// The header did not decode. When it is JSON with an `alg` we do not know
+/// (`none`, `HS1`, …) that is an algorithm refusal, which is worth telling
+/// apart in metrics from garbage.
+fn classify_bad_header(token: &str) -> TokenError {
+    let Some((header, _)) = token.split_once('.') else {
+        return TokenError::Malformed;
+    };
+    let Ok(bytes) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header) else {
+        return TokenError::Malformed;
+    };
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(map)) if map.get("alg").is_some_and(Value::is_string) => {
+            TokenError::Algorithm
+        }
+        _ => TokenError::Malformed,
+    }
+}
+
+fn map_error(kind: &ErrorKind) -> TokenError {
+    match kind {
+        ErrorKind::InvalidSignature => TokenError::BadSignature,
+        ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => TokenError::Algorithm,
+        ErrorKind::ExpiredSignature => TokenError::Expired,
+        ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+        ErrorKind::InvalidAudience => TokenError::Audience,
+        ErrorKind::InvalidIssuer => TokenError::Issuer,
+        ErrorKind::MissingRequiredClaim(c) if c == "aud" => TokenError::Audience,
+        ErrorKind::MissingRequiredClaim(c) if c == "iss" => TokenError::Issuer,
+        ErrorKind::MissingRequiredClaim(_)
+        | ErrorKind::InvalidClaimFormat(_)
+        | ErrorKind::InvalidSubject => TokenError::Claims,
+        _ => TokenError::Malformed,
+    }
+}
+
+/// RFC 7519 NumericDate: seconds, possibly fractional. `Ok(None)` when absent.
+fn numeric_date(v: &Value) -> Result<Option<u64>, TokenError> {
+    match v {
+        Value::Null => Ok(None),
+        Value::Number(n) => {
+            if let Some(u) = n.as_u64() {
+                Ok(Some(u))
+            } else {
+                match n.as_f64() {
+                    Some(f) if f.is_finite() && f >= 0.0 && f < u64::MAX as f64 => {
+                        Ok(Some(f as u64))
+                    }
+                    _ => Err(TokenError::Claims),
+                }
+            }
+        }
+        _ => Err(TokenError::Claims),
+    }
+}
+
+/// A `topics`/`pub` claim: absent (or null) means the configured default.
+fn patterns_claim(v: &Value, default: &Patterns) -> Result<Patterns, TokenError> {
+    match v {
+        Value::Null => Ok(default.clone()),
+        Value::Array(items) => {
+            let list = items
+                .iter()
+                .map(|i| i.as_str().ok_or(TokenError::Claims))
+                .collect::<Result<Vec<&str>, TokenError>>()?;
+            Patterns::parse(&list).map_err(|_| TokenError::Claims)
+        }
+        _ => Err(TokenError::Claims),
+    }
+}
+
+/// Mints an HS256 token, for tests, the demo and the load generator.
+pub fn mint_hs256(
+    secret: &str,
+    sub: &str,
+    exp: u64,
+    topics: Option<&[&str]>,
+    publish: Option<&[&str]>,
+) -> String {
+    let mut claims = serde_json::Map::new();
+    claims.insert("sub".into(), sub.into());
+    claims.insert("exp".into(), exp.into());
+    claims.insert("iat".into(), now_unix().into());
+    if let Some(t) = topics {
+        claims.insert("topics".into(), t.into());
+    }
+    if let Some(p) = publish {
+        claims.insert("pub".into(), p.into());
+    }
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("HS256 with an HMAC key of any length and a JSON map always signs")
+}
+
+/// Unix seconds now; 0 if the clock is before 1970, which makes every token
+/// look valid-from-the-future rather than panicking.
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+    const NOW: u64 = 1_700_000_000;
+
+    fn key_path(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/keys")
+            .join(name)
+    }
+
+    fn hs_auth() -> Auth {
+        Auth {
+            hs256_secret: SECRET.into(),
+            ..Auth::default()
+        }
+    }
+
+    fn verifier(cfg: &Auth) -> Verifier {
+        Verifier::new(cfg).expect("verifier")
+    }
+
+    fn sign(alg: Algorithm, key: &EncodingKey, claims: &Value) -> String {
+        jsonwebtoken::encode(&Header::new(alg), claims, key).expect("sign")
+    }
+
+    fn hs(claims: Value) -> String {
+        sign(
+            Algorithm::HS256,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+            &claims,
+        )
+    }
+
+    fn b64(v: &Value) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    }
+
+    #[test]
+    fn hs256_token_yields_typed_claims() {
+        let v = verifier(&hs_auth());
+        let token = mint_hs256(SECRET, "alice", NOW + 60, Some(&["md.*", "news"]), Some(&["chat.*"]));
+        let c = v.verify_at(&token, NOW).expect("valid");
+        assert_eq!(&*c.sub, "alice");
+        assert_eq!(c.exp, NOW + 60);
+        assert!(c.topics.allows("md.BTC-USD"));
+        assert!(c.topics.allows("news"));
+        assert!(!c.topics.allows("other"));
+        assert!(c.publish.allows("chat.room1"));
+        assert!(!c.publish.allows("md.BTC-USD"));
+    }
+
+    #[test]
+    fn verify_uses_the_wall_clock() {
+        let v = verifier(&hs_auth());
+        let token = mint_hs256(SECRET, "alice", now_unix() + 60, None, None);
+        assert!(v.verify(&token).is_ok());
+    }
+
+    #[test]
+    fn wrong_secret_is_bad_signature() {
+        let v = verifier(&hs_auth());
+        let token = mint_hs256("another-secret-another-secret-xx", "a", NOW + 60, None, None);
+        assert_eq!(v.verify_at(&token, NOW).unwrap_err(), TokenError::BadSignature);
+    }
+
+    #[test]
+    fn tampered_payload_is_bad_signature() {
+        let v = verifier(&hs_auth());
+        let token = mint_hs256(SECRET, "alice", NOW + 60, None, None);
+        let parts: Vec<&str> = token.split('.').collect();
+        let forged = b64(&json!({"sub": "mallory", "exp": NOW + 60}));
+        let tampered = format!("{}.{}.{}", parts[0], forged, parts[2]);
+        assert_eq!(v.verify_at(&tampered, NOW).unwrap_err(), TokenError::BadSignature);
+    }
+
+    #[test]
+    fn expiry_honours_leeway() {
+        let v = verifier(&hs_auth()); // leeway 5 s
+        let token = mint_hs256(SECRET, "a", NOW, None, None);
+        assert!(v.verify_at(&token, NOW).is_ok());
+        assert!(v.verify_at(&token, NOW + 5).is_ok(), "within leeway");
+        assert_eq!(v.verify_at(&token, NOW + 6).unwrap_err(), TokenError::Expired);
+    }
+
+    #[test]
+    fn future_nbf_is_not_yet_valid() {
+        let v = verifier(&hs_auth());
+        let token = hs(json!({"sub": "a", "exp": NOW + 600, "nbf": NOW + 60}));
+        assert_eq!(v.verify_at(&token, NOW).unwrap_err(), TokenError::NotYetValid);
+        let token = hs(json!({"sub": "a", "exp": NOW + 600, "nbf": NOW + 5}));
+        assert!(v.verify_at(&token, NOW).is_ok(), "within leeway");
+    }
+
+    #[test]
+    fn audience_and_issuer_are_checked_when_configured() {
+        let v = verifier(&Auth {
+            audience: Some("herald".into()),
+            issuer: Some("https://idp".into()),
+            ..hs_auth()
+        });
+        let ok = json!({"sub": "a", "exp": NOW + 60, "aud": "herald", "iss": "https://idp"});
+        assert!(v.verify_at(&hs(ok), NOW).is_ok());
+        let aud_list = json!({"sub": "a", "exp": NOW + 60, "aud": ["x", "herald"], "iss": "https://idp"});
+        assert!(v.verify_at(&hs(aud_list), NOW).is_ok());
+
+        let cases = [
+            (json!({"sub": "a", "exp": NOW + 60, "aud": "other", "iss": "https://idp"}), TokenError::Audience),
+            (json!({"sub": "a", "exp": NOW + 60, "iss": "https://idp"}), TokenError::Audience),
+            (json!({"sub": "a", "exp": NOW + 60, "aud": "herald", "iss": "https://evil"}), TokenError::Issuer),
+            (json!({"sub": "a", "exp": NOW + 60, "aud": "herald"}), TokenError::Issuer),
+        ];
+        for (claims, want) in cases {
+            assert_eq!(v.verify_at(&hs(claims.clone()), NOW).unwrap_err(), want, "{claims}");
+        }
+    }
+
+    #[test]
+    fn unconfigured_audience_and_issuer_are_ignored() {
+        let v = verifier(&hs_auth());
+        let token = hs(json!({"sub": "a", "exp": NOW + 60, "aud": "whatever", "iss": "anyone"}));
+        assert!(v.verify_at(&token, NOW).is_ok());
+    }
+
+    #[test]
+    fn missing_or_ill_typed_required_claims_are_claims_errors() {
+        let v = verifier(&hs_auth());
+        for claims in [
+            json!({"exp": NOW + 60}),
+            json!({"sub": "", "exp": NOW + 60}),
+            json!({"sub": 42, "exp": NOW + 60}),
+            json!({"sub": "a"}),
+            json!({"sub": "a", "exp": "tomorrow"}),
+            json!({"sub": "a", "exp": -1}),
+            json!({"sub": "a", "exp": NOW + 60, "nbf": "now"}),
+            json!({"sub": "a", "exp": NOW + 60, "topics": "md.*"}),
+            json!({"sub": "a", "exp": NOW + 60, "topics": [1]}),
+            json!({"sub": "a", "exp": NOW + 60, "topics": ["bad topic"]}),
+            json!({"sub": "a", "exp": NOW + 60, "pub": {"x": 1}}),
+        ] {
+            assert_eq!(v.verify_at(&hs(claims.clone()), NOW).unwrap_err(), TokenError::Claims, "{claims}");
+        }
+    }
+
+    #[test]
+    fn fractional_exp_is_accepted() {
+        let v = verifier(&hs_auth());
+        let token = hs(json!({"sub": "a", "exp": (NOW + 60) as f64 + 0.5}));
+        assert_eq!(v.verify_at(&token, NOW).expect("valid").exp, NOW + 60);
+    }
+
+    #[test]
+    fn absent_topic_claims_fall_back_to_configured_defaults() {
+        let v = verifier(&hs_auth());
+        let c = v.verify_at(&mint_hs256(SECRET, "a", NOW + 60, None, None), NOW).unwrap();
+        assert!(c.topics.is_empty(), "no default configured: deny");
+        assert!(c.publish.is_empty());
+
+        let v = verifier(&Auth {
+            default_topics: vec!["public.*".into()],
+            default_publish: vec!["echo".into()],
+            ..hs_auth()
+        });
+        let c = v.verify_at(&mint_hs256(SECRET, "a", NOW + 60, None, None), NOW).unwrap();
+        assert!(c.topics.allows("public.x"));
+        assert!(!c.topics.allows("private.x"));
+        assert!(c.publish.allows("echo"));
+
+        // A present claim replaces the default, even when empty.
+        let c = v
+            .verify_at(&mint_hs256(SECRET, "a", NOW + 60, Some(&[]), Some(&["*"])), NOW)
+            .unwrap();
+        assert!(!c.topics.allows("public.x"));
+        assert!(c.publish.allows("anything"));
+    }
+
+    #[test]
+    fn alg_none_is_rejected() {
+        let v = verifier(&hs_auth());
+        let claims = b64(&json!({"sub": "a", "exp": NOW + 60}));
+        for header in [json!({"alg": "none"}), json!({"alg": "none", "typ": "JWT"})] {
+            for sig in ["", "AAAA"] {
+                let token = format!("{}.{claims}.{sig}", b64(&header));
+                assert_eq!(v.verify_at(&token, NOW).unwrap_err(), TokenError::Algorithm);
+            }
+        }
+    }
+
+    #[test]
+    fn malformed_tokens_are_malformed_and_empty_is_missing() {
+        let v = verifier(&hs_auth());
+        assert_eq!(v.verify_at("", NOW).unwrap_err(), TokenError::Missing);
+        let good = mint_hs256(SECRET, "a", NOW + 60, None, None);
+        let parts: Vec<&str> = good.split('.').collect();
+        let long = "a".repeat(MAX_TOKEN_BYTES + 1);
+        for bad in [
+            "garbage",
+            "a.b",
+            "a.b.c.d",
+            "!!!.???.###",
+            &format!("{}.{}", parts[0], parts[1]),
+            &format!("{}.!!!.{}", parts[0], parts[2]),
+            &format!("{}.{}.{}", parts[0], b64(&json!([1, 2])), parts[2]),
+            &format!("{}.{}.{}", b64(&json!({"typ": "JWT"})), parts[1], parts[2]),
+            &long,
+        ] {
+            let e = v.verify_at(bad, NOW).unwrap_err();
+            assert!(
+                matches!(e, TokenError::Malformed | TokenError::BadSignature),
+                "{bad:.40}: {e:?}"
+            );
+        }
+        assert_eq!(v.verify_at("garbage", NOW).unwrap_err(), TokenError::Malformed);
+    }
+
+    #[test]
+    fn crit_header_is_refused() {
+        let v = verifier(&hs_auth());
+        let mut header = Header::new(Algorithm::HS256);
+        header.crit = Some(vec!["exp-ext".into()]);
+        let token = jsonwebtoken::encode(
+            &header,
+            &json!({"sub": "a", "exp": NOW + 60}),
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap();
+        assert_eq!(v.verify_at(&token, NOW).unwrap_err(), TokenError::Malformed);
+    }
+
+    #[test]
+    fn hs256_signed_with_the_public_key_is_refused_when_only_a_public_key_is_configured() {
+        let path = key_path("rsa_public.pem");
+        let v = verifier(&Auth {
+            public_key_file: Some(path.clone()),
+            ..Auth::default()
+        });
+        let pem = std::fs::read(&path).unwrap();
+        let token = sign(
+            Algorithm::HS256,
+            &EncodingKey::from_secret(&pem),
+            &json!({"sub": "a", "exp": NOW + 60}),
+        );
+        assert_eq!(v.verify_at(&token, NOW).unwrap_err(), TokenError::Algorithm);
+    }
+
+    #[test]
+    fn other_algorithms_than_the_pinned_ones_are_refused() {
+        let v = verifier(&hs_auth());
+        let token = sign(
+            Algorithm::HS512,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+            &json!({"sub": "a", "exp": NOW + 60}),
+        );
+        assert_eq!(v.verify_at(&token, NOW).unwrap_err(), TokenError::Algorithm);
+    }
+
+    fn public_key_round_trip(stem: &str, alg: Algorithm) {
+        let private = std::fs::read(key_path(&format!("{stem}_private.pem"))).unwrap();
+        let enc = match alg {
+            Algorithm::RS256 => EncodingKey::from_rsa_pem(&private),
+            Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(&private),
+            Algorithm::EdDSA => EncodingKey::from_ed_pem(&private),
+            _ => unreachable!("test only covers public-key algorithms"),
+        }
+        .expect("private key");
+        let v = verifier(&Auth {
+            public_key_file: Some(key_path(&format!("{stem}_public.pem"))),
+            ..hs_auth()
+        });
+        assert_eq!(v.public_key_algorithm(), Some(alg_name(alg)));
+        let claims = json!({"sub": "bob", "exp": NOW + 60, "topics": ["md.*"]});
+        let c = v.verify_at(&sign(alg, &enc, &claims), NOW).expect("valid");
+        assert_eq!(&*c.sub, "bob");
+        assert!(c.topics.allows("md.x"));
+
+        // HS256 still works alongside, with its own key.
+        assert!(v.verify_at(&mint_hs256(SECRET, "a", NOW + 60, None, None), NOW).is_ok());
+
+        let mut tampered = sign(alg, &enc, &claims);
+        tampered.truncate(tampered.len() - 4);
+        tampered.push_str("AAAA");
+        assert_eq!(v.verify_at(&tampered, NOW).unwrap_err(), TokenError::BadSignature);
+    }
+
+    #[test]
+    fn rs256_token_verifies_with_rsa_public_key() {
+        public_key_round_trip("rsa", Algorithm::RS256);
+    }
+
+    #[test]
+    fn es256_token_verifies_with_p256_public_key() {
+        public_key_round_trip("ec_p256", Algorithm::ES256);
+    }
+
+    #[test]
+    fn es384_token_verifies_with_p384_public_key() {
+        public_key_round_trip("ec_p384", Algorithm::ES384);
+    }
+
+    #[test]
+    fn eddsa_token_verifies_with_ed25519_public_key() {
+        public_key_round_trip("ed25519", Algorithm::EdDSA);
+    }
+
+    #[test]
+    fn token_for_another_public_key_type_is_refused() {
+        let v = verifier(&Auth {
+            public_key_file: Some(key_path("ed25519_public.pem")),
+            ..Auth::default()
+        });
+        let private = std::fs::read(key_path("ec_p256_private.pem")).unwrap();
+        let token = sign(
+            Algorithm::ES256,
+            &EncodingKey::from_ec_pem(&private).unwrap(),
+            &json!({"sub": "a", "exp": NOW + 60}),
+        );
+        assert_eq!(v.verify_at(&token, NOW).unwrap_err(), TokenError::Algorithm);
+    }
+
+    #[test]
+    fn key_errors_name_the_file() {
+        let missing = key_path("nope.pem");
+        let e = Verifier::new(&Auth {
+            public_key_file: Some(missing.clone()),
+            ..Auth::default()
+        })
+        .unwrap_err();
+        assert!(matches!(e, KeyError::Io { .. }));
+        assert!(e.to_string().contains("nope.pem"), "{e}");
+
+        let e = Verifier::new(&Auth {
+            public_key_file: Some(key_path("rsa_private.pem")),
+            ..Auth::default()
+        })
+        .unwrap_err();
+        assert!(matches!(e, KeyError::PrivateKey { .. }), "{e}");
+
+        let e = Verifier::new(&Auth {
+            public_key_file: Some(key_path("README.md")),
+            ..Auth::default()
+        })
+        .unwrap_err();
+        assert!(matches!(e, KeyError::Parse { .. }), "{e}");
+        assert!(e.to_string().contains("README.md"), "{e}");
+    }
+
+    #[test]
+    fn bad_default_patterns_fail_construction() {
+        let e = Verifier::new(&Auth {
+            default_topics: vec!["bad topic".into()],
+            ..hs_auth()
+        })
+        .unwrap_err();
+        assert!(e.to_string().starts_with("auth.default_topics: "), "{e}");
+    }
+
+    #[test]
+    fn verifier_without_keys_refuses_everything() {
+        let v = verifier(&Auth::default());
+        assert!(!v.has_keys());
+        let token = mint_hs256(SECRET, "a", NOW + 60, None, None);
+        assert_eq!(v.verify_at(&token, NOW).unwrap_err(), TokenError::Algorithm);
+        assert!(verifier(&hs_auth()).has_keys());
+    }
+
+    #[test]
+    fn reasons_are_distinct_snake_case_labels() {
+        let all = [
+            TokenError::Missing,
+            TokenError::Malformed,
+            TokenError::BadSignature,
+            TokenError::Algorithm,
+            TokenError::Expired,
+            TokenError::NotYetValid,
+            TokenError::Audience,
+            TokenError::Issuer,
+            TokenError::Claims,
+        ];
+        let labels: std::collections::HashSet<_> = all.iter().map(|e| e.reason()).collect();
+        assert_eq!(labels.len(), all.len());
+        assert!(labels.iter().all(|l| l.chars().all(|c| c.is_ascii_lowercase() || c == '_')));
+    }
+}

@@ -1,0 +1,210 @@
+//! TCP ingest: upstream feeds push length-prefixed MessagePack frames
+//! (PROTOCOL.md §2). One task per feed; a feed's frames are handed to the
+//! hub in the order they arrived, so per-topic order is the feed's order.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use metrics::{counter, gauge};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+
+use crate::hub::Hub;
+use crate::wire::feed::{self, FeedError, FeedFrame};
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("{0}")]
+    Protocol(FeedError),
+    #[error("bad token")]
+    Token,
+    #[error("no HELLO in time")]
+    HelloTimeout,
+    #[error("gateway shutting down")]
+    Closed,
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl IngestError {
+    fn code(&self) -> Option<u16> {
+        match self {
+            IngestError::Protocol(e) => Some(e.code),
+            IngestError::Token => Some(401),
+            IngestError::HelloTimeout => Some(408),
+            IngestError::Closed => Some(503),
+            IngestError::Io(_) => None,
+        }
+    }
+}
+
+pub struct IngestConfig {
+    pub tokens: Vec<String>,
+    pub max_frame: usize,
+    pub hello_timeout: Duration,
+    pub max_feeds: usize,
+}
+
+/// Accepts feeds until `stop` turns true.
+pub async fn serve(listener: TcpListener, cfg: Arc<IngestConfig>, hub: Hub, mut stop: watch::Receiver<bool>) {
+    let permits = Arc::new(Semaphore::new(cfg.max_feeds));
+    let stopping = Arc::new(AtomicBool::new(false));
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "ingest accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => {
+                stopping.store(true, Ordering::Relaxed);
+                return;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let cfg = cfg.clone();
+        let hub = hub.clone();
+        let permits = permits.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let Ok(permit) = permits.try_acquire_owned() else {
+                crate::metrics::ingest_error(429);
+                tracing::warn!(%peer, "feed refused: too many feeds");
+                let mut stream = stream;
+                let _ = stream.write_all(&feed::error(429, "too many feeds")).await;
+                return;
+            };
+            let mut feed = Feed {
+                stream,
+                buf: BytesMut::with_capacity(64 * 1024),
+                cfg,
+                hub,
+                name: String::new(),
+            };
+            let result = feed.run(stop).await;
+            drop(permit);
+            match result {
+                Ok(()) => tracing::info!(%peer, feed = %feed.name, "feed disconnected"),
+                Err(e) => {
+                    if let Some(code) = e.code() {
+                        crate::metrics::ingest_error(code);
+                        let _ = feed.stream.write_all(&feed::error(code, &e.to_string())).await;
+                    }
+                    tracing::warn!(%peer, feed = %feed.name, error = %e, "feed closed");
+                }
+            }
+            let _ = feed.stream.shutdown().await;
+        });
+    }
+}
+
+struct Feed {
+    stream: TcpStream,
+    buf: BytesMut,
+    cfg: Arc<IngestConfig>,
+    hub: Hub,
+    name: String,
+}
+
+impl Feed {
+    /// Reads one whole frame body into the front of `buf`; returns its
+    /// length (the 4-byte prefix already consumed). `Ok(None)` = clean EOF.
+    async fn next_frame(&mut self) -> Result<Option<usize>, IngestError> {
+        loop {
+            if let Some(total) = feed::frame_len(&self.buf, self.cfg.max_frame).map_err(IngestError::Protocol)? {
+                self.buf.advance(4);
+                return Ok(Some(total - 4));
+            }
+            if self.buf.capacity() - self.buf.len() < 4096 {
+                self.buf.reserve(64 * 1024);
+            }
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                if self.buf.is_empty() {
+                    return Ok(None);
+                }
+                return Err(IngestError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+        }
+    }
+
+    async fn run(&mut self, mut stop: watch::Receiver<bool>) -> Result<(), IngestError> {
+        let hello = tokio::time::timeout(self.cfg.hello_timeout, self.next_frame())
+            .await
+            .map_err(|_| IngestError::HelloTimeout)??;
+        let Some(len) = hello else { return Ok(()) };
+        let body = self.buf.split_to(len).freeze();
+        match feed::decode_frame(&body).map_err(IngestError::Protocol)? {
+            FeedFrame::Hello { token, name } => {
+                if !self.cfg.tokens.iter().any(|t| constant_time_eq(t.as_bytes(), token.as_bytes())) {
+                    return Err(IngestError::Token);
+                }
+                self.name = name.chars().take(64).collect();
+            }
+            _ => {
+                return Err(IngestError::Protocol(FeedError {
+                    code: 400,
+                    message: "first frame must be HELLO",
+                }))
+            }
+        }
+        self.stream.write_all(&feed::hello_ok()).await?;
+        tracing::info!(feed = %self.name, "feed connected");
+        let feeds = gauge!("herald_ingest_feeds");
+        feeds.increment(1.0);
+        let frames = counter!("herald_ingest_frames_total");
+        let published = counter!("herald_published_total", "source" => "ingest");
+        let result = async {
+            loop {
+                let len = tokio::select! {
+                    r = self.next_frame() => match r? {
+                        Some(len) => len,
+                        None => return Ok(()),
+                    },
+                    _ = stop.changed() => return Err(IngestError::Closed),
+                };
+                let at = Instant::now();
+                let body = self.buf.split_to(len).freeze();
+                frames.increment(1);
+                match feed::decode_frame(&body).map_err(IngestError::Protocol)? {
+                    FeedFrame::Publish { topic, payload } => {
+                        // Zero-copy: the payload stays a slice of the read buffer.
+                        let payload = body.slice_ref(payload);
+                        let topic: Arc<str> = Arc::from(topic);
+                        self.hub
+                            .publish_nowait(topic, payload, at)
+                            .await
+                            .map_err(|_| IngestError::Closed)?;
+                        published.increment(1);
+                    }
+                    FeedFrame::Ping { nonce } => {
+                        self.hub.barrier().await.map_err(|_| IngestError::Closed)?;
+                        self.stream.write_all(&feed::pong(nonce)).await?;
+                    }
+                    FeedFrame::Hello { .. } => {
+                        return Err(IngestError::Protocol(FeedError {
+                            code: 400,
+                            message: "duplicate HELLO",
+                        }))
+                    }
+                }
+            }
+        }
+        .await;
+        feeds.decrement(1.0);
+        result
+    }
+}
+
+/// Compares secrets without an early exit on the first differing byte.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

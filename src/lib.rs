@@ -1,0 +1,18 @@
+//! herald: a raw-WebSocket, high fan-out push gateway.
+//!
+//! See `ARCHITECTURE.md` for the module map and the hot-path invariants.
+
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod handler;
+pub mod http;
+pub mod hub;
+pub mod ingest;
+pub mod metrics;
+pub mod shard;
+pub mod wire;
+
+pub use app::{Server, StartError};
+pub use handler::{Handler, LogHandler, Reject, SessionInfo, TransportError};

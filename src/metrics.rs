@@ -1,0 +1,178 @@
+//! Every metric herald exports, defined once.
+//!
+//! Hot paths hold cached handles (`ShardMetrics`) instead of calling the
+//! macros per event, and nothing is recorded per subscriber: deliveries are
+//! counted per batch, latencies per message.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// Installs the process-wide Prometheus recorder once and returns its handle.
+/// Several gateways in one process (tests) share it.
+pub fn install() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let latency = [
+                0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05,
+                0.1, 0.25, 0.5, 1.0, 2.5,
+            ];
+            let builder = PrometheusBuilder::new()
+                .set_buckets(&latency)
+                .expect("static, non-empty bucket list");
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            // A recorder installed by an embedding application wins; ours
+            // then renders nothing, which its owner chose.
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_gauge!("herald_connections", "Open WebSocket sessions, by shard");
+    describe_gauge!("herald_subscriptions", "Active subscriptions, by shard");
+    describe_gauge!("herald_topics", "Topics known to their home shard");
+    describe_counter!("herald_handshakes_total", "WebSocket handshakes, by result");
+    describe_counter!("herald_published_total", "Messages published, by source");
+    describe_counter!("herald_delivered_total", "Frames written to subscriber sockets");
+    describe_counter!("herald_dropped_total", "Frames not delivered, by reason");
+    describe_counter!(
+        "herald_bytes_out_total",
+        Unit::Bytes,
+        "Bytes written to client sockets"
+    );
+    describe_counter!("herald_write_syscalls_total", "Vectored writes to client sockets");
+    describe_counter!("herald_closes_total", "Sessions closed, by close code");
+    describe_counter!("herald_client_errors_total", "ERROR replies sent to clients, by code");
+    describe_counter!("herald_ingest_frames_total", "Frames received from feeds");
+    describe_counter!("herald_ingest_errors_total", "Feed connections ended by an error, by code");
+    describe_gauge!("herald_ingest_feeds", "Connected feeds");
+    describe_counter!("herald_api_requests_total", "Operator API requests, by route and status");
+    describe_counter!("herald_accept_errors_total", "Accept failures, by kind");
+    describe_histogram!(
+        "herald_delivery_latency_seconds",
+        Unit::Seconds,
+        "From ingest to the socket write, per message and shard"
+    );
+    describe_histogram!(
+        "herald_fanout_seconds",
+        Unit::Seconds,
+        "Time a shard spends fanning one message out to its subscribers"
+    );
+    describe_histogram!(
+        "herald_handshake_seconds",
+        Unit::Seconds,
+        "From accept to the 101 response"
+    );
+}
+
+/// Handles a shard touches on its hot path, resolved once.
+#[derive(Clone)]
+pub struct ShardMetrics {
+    pub connections: Gauge,
+    pub subscriptions: Gauge,
+    pub delivered: Counter,
+    pub bytes_out: Counter,
+    pub write_syscalls: Counter,
+    pub dropped_slow: Counter,
+    pub dropped_closed: Counter,
+    pub delivery_latency: Histogram,
+    pub fanout: Histogram,
+    pub handshake: Histogram,
+    pub published_client: Counter,
+    pub topics: Gauge,
+}
+
+impl ShardMetrics {
+    pub fn new(shard: usize) -> Self {
+        let s = shard.to_string();
+        ShardMetrics {
+            connections: gauge!("herald_connections", "shard" => s.clone()),
+            subscriptions: gauge!("herald_subscriptions", "shard" => s.clone()),
+            delivered: counter!("herald_delivered_total"),
+            bytes_out: counter!("herald_bytes_out_total"),
+            write_syscalls: counter!("herald_write_syscalls_total"),
+            dropped_slow: counter!("herald_dropped_total", "reason" => "slow_consumer"),
+            dropped_closed: counter!("herald_dropped_total", "reason" => "closed"),
+            delivery_latency: histogram!("herald_delivery_latency_seconds"),
+            fanout: histogram!("herald_fanout_seconds"),
+            handshake: histogram!("herald_handshake_seconds"),
+            published_client: counter!("herald_published_total", "source" => "client"),
+            topics: gauge!("herald_topics", "shard" => s),
+        }
+    }
+}
+
+pub fn handshake(result: &'static str) {
+    counter!("herald_handshakes_total", "result" => result).increment(1);
+}
+
+pub fn close(code: u16) {
+    counter!("herald_closes_total", "code" => close_label(code)).increment(1);
+}
+
+pub fn client_error(code: u16) {
+    counter!("herald_client_errors_total", "code" => code_label(code)).increment(1);
+}
+
+pub fn ingest_error(code: u16) {
+    counter!("herald_ingest_errors_total", "code" => code_label(code)).increment(1);
+}
+
+pub fn accept_error(kind: &'static str) {
+    counter!("herald_accept_errors_total", "kind" => kind).increment(1);
+}
+
+pub fn api_request(route: &'static str, status: u16) {
+    counter!("herald_api_requests_total", "route" => route, "status" => code_label(status))
+        .increment(1);
+}
+
+pub fn seconds(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+/// Label values come from a closed set so a peer cannot grow the series.
+fn code_label(code: u16) -> &'static str {
+    match code {
+        200 => "200",
+        202 => "202",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        405 => "405",
+        408 => "408",
+        409 => "409",
+        413 => "413",
+        429 => "429",
+        500 => "500",
+        503 => "503",
+        _ => "other",
+    }
+}
+
+fn close_label(code: u16) -> &'static str {
+    match code {
+        1000 => "1000",
+        1001 => "1001",
+        1002 => "1002",
+        1003 => "1003",
+        1006 => "1006",
+        1007 => "1007",
+        1008 => "1008",
+        1009 => "1009",
+        4001 => "4001",
+        4003 => "4003",
+        4008 => "4008",
+        4029 => "4029",
+        _ => "other",
+    }
+}

@@ -1,0 +1,773 @@
+//! One shard per core: a thread with its own single-threaded tokio runtime
+//! that owns its sessions, its local topic→subscribers index and its timers.
+//!
+//! A shard runs four kinds of tasks on one thread, sharing state through a
+//! `RefCell` that is never held across an `.await`:
+//! - the accept loop (its own `SO_REUSEPORT` listener) and the handshakes;
+//! - one task per session (reads, requests, waiting for a full socket);
+//! - the home task: sequences the topics this shard is home for (`hub`);
+//! - the delivery task: takes batches of publications from the shard's
+//!   inbox, links each frame to every local subscriber in a reusable arena,
+//!   then writes each subscriber's frames with one vectored write.
+//!
+//! The delivery task never awaits a socket and never awaits another shard,
+//! so shards cannot deadlock on each other: home tasks wait on delivery
+//! inboxes, delivery tasks wait on nothing but their own inbox.
+
+pub mod outbox;
+mod session;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use slab::Slab;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::task::{spawn_local, LocalSet};
+
+use crate::config::Config;
+use crate::handler::Handler;
+use crate::http::{Accepted, Gate};
+use crate::hub::{HomeMsg, HomeState, Hub, SessionKey, ShardInboxes, ShardMsg, SubscribeAck};
+use crate::metrics::{self as m, ShardMetrics};
+use crate::wire::client::subscribe_reply_frame;
+use session::{Phase, Session, SubSlot};
+
+/// Process-wide state every shard reads.
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub gate: Gate,
+    pub hub: Hub,
+    pub handler: Arc<dyn Handler>,
+    pub stats: Box<[ShardStats]>,
+    next_session: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(config: Arc<Config>, gate: Gate, hub: Hub, handler: Arc<dyn Handler>) -> Self {
+        let stats = (0..hub.shard_count()).map(|_| ShardStats::default()).collect();
+        Shared {
+            config,
+            gate,
+            hub,
+            handler,
+            stats,
+            next_session: AtomicU64::new(1),
+        }
+    }
+}
+
+/// Counters a shard publishes for `/api/stats` (plain atomics; written by
+/// the owning shard only).
+#[derive(Debug, Default)]
+pub struct ShardStats {
+    pub connections: AtomicU64,
+    pub subscriptions: AtomicU64,
+    pub topics_home: AtomicU64,
+    pub local_topics: AtomicU64,
+    pub delivered: AtomicU64,
+    pub published: AtomicU64,
+}
+
+/// What the process tells its shards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifecycle {
+    Running,
+    /// Stop accepting; sessions are being drained.
+    Draining,
+    /// Leave now: whatever is still open is dropped.
+    Exit,
+}
+
+/// Settings copied out of the config once, for the hot path.
+#[derive(Debug, Clone)]
+struct Settings {
+    max_message: usize,
+    max_subscriptions: usize,
+    max_outbox: usize,
+    msgs_per_s: u32,
+    burst: u32,
+    strikes: u32,
+    handshake: Duration,
+    max_header: usize,
+    ping_interval: Duration,
+    pong_timeout: Duration,
+    close: Duration,
+    tick: Duration,
+    history: usize,
+    topic_ttl: Duration,
+}
+
+impl Settings {
+    fn from(c: &Config) -> Self {
+        Settings {
+            max_message: c.limits.max_message_bytes,
+            max_subscriptions: c.limits.max_subscriptions,
+            max_outbox: c.limits.max_outbox_bytes,
+            msgs_per_s: c.limits.client_msgs_per_s,
+            burst: c.limits.client_burst,
+            strikes: c.limits.rate_limit_strikes,
+            handshake: Duration::from_millis(c.timeouts.handshake_ms),
+            max_header: c.limits.max_header_bytes,
+            ping_interval: Duration::from_millis(c.timeouts.ping_interval_ms),
+            pong_timeout: Duration::from_millis(c.timeouts.pong_timeout_ms),
+            close: Duration::from_millis(c.timeouts.close_ms),
+            tick: Duration::from_millis(c.timeouts.tick_ms),
+            history: c.hub.history_size,
+            topic_ttl: Duration::from_secs(c.hub.topic_idle_ttl_s),
+        }
+    }
+}
+
+/// Starts shard `id` on its own thread.
+pub fn spawn(
+    id: usize,
+    shared: Arc<Shared>,
+    inboxes: ShardInboxes,
+    listener: std::net::TcpListener,
+    lifecycle: watch::Receiver<Lifecycle>,
+) -> io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("herald-shard-{id}"))
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(shard = id, error = %e, "cannot build shard runtime");
+                    return;
+                }
+            };
+            let local = LocalSet::new();
+            local.block_on(&rt, run(id, shared, inboxes, listener, lifecycle));
+        })
+}
+
+async fn run(
+    id: usize,
+    shared: Arc<Shared>,
+    inboxes: ShardInboxes,
+    listener: std::net::TcpListener,
+    mut lifecycle: watch::Receiver<Lifecycle>,
+) {
+    let settings = Settings::from(&shared.config);
+    let shard = Rc::new(Shard {
+        id,
+        shared,
+        settings,
+        st: RefCell::new(State::default()),
+        m: ShardMetrics::new(id),
+    });
+    match TcpListener::from_std(listener) {
+        Ok(l) => {
+            spawn_local(accept_loop(shard.clone(), l, lifecycle.clone()));
+        }
+        Err(e) => tracing::error!(shard = id, error = %e, "cannot register listener"),
+    }
+    spawn_local(home_task(shard.clone(), inboxes.home));
+    spawn_local(delivery_task(shard.clone(), inboxes.delivery));
+    spawn_local(ticker(shard.clone()));
+    while *lifecycle.borrow_and_update() != Lifecycle::Exit {
+        if lifecycle.changed().await.is_err() {
+            break;
+        }
+    }
+    // Dropping the LocalSet (on return) drops every task and socket left.
+}
+
+pub(crate) struct Shard {
+    id: usize,
+    shared: Arc<Shared>,
+    settings: Settings,
+    st: RefCell<State>,
+    m: ShardMetrics,
+}
+
+const NONE: u32 = u32::MAX;
+
+/// One frame queued for one session in the current batch.
+#[derive(Clone, Copy)]
+struct Link {
+    frame: u32,
+    next: u32,
+}
+
+#[derive(Default)]
+struct State {
+    sessions: Slab<Rc<Session>>,
+    generation: u32,
+    /// Local subscribers per topic. `SubSlot::pos` in each session is its
+    /// index here, so removal is O(1).
+    topics: HashMap<Arc<str>, Vec<Rc<Session>>>,
+    subscriptions: usize,
+    draining: bool,
+    // Reused by every batch, so delivery allocates nothing once warm.
+    arena: Vec<Link>,
+    frames: Vec<Bytes>,
+    dirty: Vec<Rc<Session>>,
+    at: Vec<Instant>,
+}
+
+/// Per-batch write totals, added to the metrics once per batch.
+#[derive(Default)]
+struct WriteAcc {
+    bytes: u64,
+    syscalls: u64,
+    dropped_slow: u64,
+}
+
+const IOV_MAX: usize = 128;
+
+impl Shard {
+    fn stats(&self) -> &ShardStats {
+        &self.shared.stats[self.id]
+    }
+
+    fn start_session(self: &Rc<Self>, stream: TcpStream, leftover: Bytes, acc: Accepted, peer: SocketAddr) {
+        let id = self.shared.next_session.fetch_add(1, Ordering::Relaxed);
+        let mut st = self.st.borrow_mut();
+        st.generation = st.generation.wrapping_add(1);
+        let generation = st.generation;
+        let entry = st.sessions.vacant_entry();
+        let key = SessionKey {
+            slot: entry.key() as u32,
+            generation,
+        };
+        let s = Rc::new(Session::new(key, id, peer, stream, acc));
+        entry.insert(s.clone());
+        let n = st.sessions.len();
+        drop(st);
+        self.stats().connections.store(n as u64, Ordering::Relaxed);
+        self.m.connections.set(n as f64);
+        spawn_local(session::run(self.clone(), s, leftover));
+    }
+
+    fn session(st: &State, key: SessionKey) -> Option<&Rc<Session>> {
+        st.sessions
+            .get(key.slot as usize)
+            .filter(|s| s.key == key)
+    }
+
+    /// Adds a subscription the home shard acknowledged: index it, queue the
+    /// REPLY and any replay, and wake the session's pending request.
+    fn activate(&self, st: &mut State, ack: Box<SubscribeAck>) {
+        let Some(s) = Self::session(st, ack.session).cloned() else {
+            self.release_interest(ack.topic);
+            return;
+        };
+        if s.phase.get() != Phase::Open {
+            self.release_interest(ack.topic);
+            s.resolve_ack();
+            return;
+        }
+        let list = st.topics.entry(ack.topic.clone()).or_default();
+        s.subs.borrow_mut().push(SubSlot {
+            topic: ack.topic.clone(),
+            pos: list.len() as u32,
+        });
+        list.push(s.clone());
+        st.subscriptions += 1;
+        self.publish_sub_counts(st);
+        {
+            let mut out = s.out.borrow_mut();
+            out.push(subscribe_reply_frame(ack.id, ack.seq, &ack.epoch, ack.recovered));
+            for f in ack.replay {
+                out.push(f);
+            }
+        }
+        if !s.dirty.replace(true) {
+            st.dirty.push(s.clone());
+        }
+        s.resolve_ack();
+    }
+
+    fn publish_sub_counts(&self, st: &State) {
+        self.stats()
+            .subscriptions
+            .store(st.subscriptions as u64, Ordering::Relaxed);
+        self.stats()
+            .local_topics
+            .store(st.topics.len() as u64, Ordering::Relaxed);
+        self.m.subscriptions.set(st.subscriptions as f64);
+    }
+
+    /// Removes `s` from the local index of `topic`. Returns false if it was
+    /// not subscribed.
+    fn remove_sub(&self, st: &mut State, s: &Session, topic: &str) -> bool {
+        let slot = {
+            let mut subs = s.subs.borrow_mut();
+            let Some(i) = subs.iter().position(|x| &*x.topic == topic) else {
+                return false;
+            };
+            subs.swap_remove(i)
+        };
+        let pos = slot.pos as usize;
+        if let Some(list) = st.topics.get_mut(topic) {
+            if pos < list.len() {
+                list.swap_remove(pos);
+                if let Some(moved) = list.get(pos) {
+                    if let Some(e) = moved
+                        .subs
+                        .borrow_mut()
+                        .iter_mut()
+                        .find(|x| &*x.topic == topic)
+                    {
+                        e.pos = pos as u32;
+                    }
+                }
+            }
+            if list.is_empty() {
+                st.topics.remove(topic);
+            }
+        }
+        st.subscriptions -= 1;
+        self.publish_sub_counts(st);
+        true
+    }
+
+    /// Tells a topic's home that one subscription of this shard ended, from
+    /// a context that must not await.
+    fn release_interest(&self, topic: Arc<str>) {
+        let tx = self.shared.hub.home_sender(&topic);
+        let msg = HomeMsg::Unsubscribe {
+            topic: topic.clone(),
+            shard: self.id,
+        };
+        if let Err(mpsc::error::TrySendError::Full(msg)) = tx.try_send(msg) {
+            let tx = tx.clone();
+            // Interest counts commute, so arriving late is harmless.
+            spawn_local(async move {
+                let _ = tx.send(msg).await;
+            });
+        }
+    }
+
+    /// Queues `frame` for `s` in the current batch.
+    fn enqueue(&self, st: &mut State, s: &Rc<Session>, fi: u32, acc: &mut WriteAcc) {
+        if s.phase.get() != Phase::Open {
+            return;
+        }
+        if !s.out.borrow().is_empty() {
+            let over = {
+                let mut out = s.out.borrow_mut();
+                out.push(st.frames[fi as usize].clone());
+                out.bytes() > self.settings.max_outbox
+            };
+            if over {
+                acc.dropped_slow += s.close_slow() as u64;
+                return;
+            }
+        } else {
+            let idx = st.arena.len() as u32;
+            st.arena.push(Link {
+                frame: fi,
+                next: NONE,
+            });
+            let tail = s.tail.replace(idx);
+            if tail == NONE {
+                s.head.set(idx);
+            } else {
+                st.arena[tail as usize].next = idx;
+            }
+        }
+        if !s.dirty.replace(true) {
+            st.dirty.push(s.clone());
+        }
+    }
+
+    /// Writes everything the batch queued, one vectored write per session
+    /// as long as the socket takes it.
+    fn flush_batch(&self, st: &mut State, acc: &mut WriteAcc) {
+        let dirty = std::mem::take(&mut st.dirty);
+        for s in &dirty {
+            s.dirty.set(false);
+            self.write_chain(s, &st.arena, &st.frames, acc);
+            if !s.want_write.get() {
+                s.write_outbox(acc);
+            }
+            if s.out.borrow().bytes() > self.settings.max_outbox && s.phase.get() == Phase::Open {
+                acc.dropped_slow += s.close_slow() as u64;
+            }
+        }
+        st.dirty = dirty;
+        st.dirty.clear();
+        st.arena.clear();
+        st.frames.clear();
+    }
+
+    fn write_chain(&self, s: &Session, arena: &[Link], frames: &[Bytes], acc: &mut WriteAcc) {
+        let mut cur = s.head.replace(NONE);
+        s.tail.set(NONE);
+        if cur == NONE {
+            return;
+        }
+        if s.phase.get() == Phase::Closed {
+            return;
+        }
+        let frame = |i: u32| &frames[arena[i as usize].frame as usize];
+        loop {
+            let mut iov = [IoSlice::new(&[]); IOV_MAX];
+            let mut n = 0;
+            let mut total = 0;
+            let mut c = cur;
+            while c != NONE && n < IOV_MAX {
+                iov[n] = IoSlice::new(frame(c));
+                total += frame(c).len();
+                n += 1;
+                c = arena[c as usize].next;
+            }
+            let (mut left, blocked) = match s.stream.try_write_vectored(&iov[..n]) {
+                Ok(w) => {
+                    acc.syscalls += 1;
+                    acc.bytes += w as u64;
+                    (w, w < total)
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => (0, true),
+                Err(e) => {
+                    s.fail(e.kind());
+                    return;
+                }
+            };
+            while cur != NONE && left >= frame(cur).len() {
+                left -= frame(cur).len();
+                cur = arena[cur as usize].next;
+            }
+            if cur == NONE {
+                return;
+            }
+            if blocked {
+                // The socket is full: the rest waits in the session's outbox,
+                // in front of anything queued after the chain.
+                let mut rest = Vec::new();
+                let mut c = cur;
+                while c != NONE {
+                    rest.push(frame(c).clone());
+                    c = arena[c as usize].next;
+                }
+                s.out.borrow_mut().prepend(rest.into_iter(), left);
+                s.block();
+                return;
+            }
+        }
+    }
+
+    /// Sends one frame outside a batch (replies, pings): straight to the
+    /// socket when nothing is queued, else behind the queue.
+    fn send(&self, s: &Session, frame: Bytes) {
+        s.send(frame, self.settings.max_outbox);
+    }
+
+    fn tick(&self, now: Instant) {
+        let unix = crate::auth::token::now_unix();
+        let st = self.st.borrow();
+        for (_, s) in st.sessions.iter() {
+            if s.phase.get() != Phase::Open {
+                continue;
+            }
+            if s.claims.borrow().exp <= unix {
+                s.close(4001, "token expired");
+                continue;
+            }
+            match s.ping_sent.get() {
+                Some(t) if now.saturating_duration_since(t) >= self.settings.pong_timeout => {
+                    s.kill(crate::handler::TransportError::PingTimeout);
+                }
+                None if now.saturating_duration_since(s.last_seen.get())
+                    >= self.settings.ping_interval =>
+                {
+                    s.ping_sent.set(Some(now));
+                    self.send(s, crate::wire::ws::ping_frame());
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+async fn ticker(shard: Rc<Shard>) {
+    let mut iv = tokio::time::interval(shard.settings.tick);
+    iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        iv.tick().await;
+        shard.tick(Instant::now());
+    }
+}
+
+/// Sequences the topics this shard is home for and forwards each encoded
+/// frame to the shards that subscribe to it.
+async fn home_task(shard: Rc<Shard>, mut rx: mpsc::Receiver<HomeMsg>) {
+    let s = &shard.settings;
+    let mut home = HomeState::new(shard.shared.hub.shard_count(), s.history, s.topic_ttl);
+    let hub = shard.shared.hub.clone();
+    let mut batch = Vec::with_capacity(256);
+    let mut targets: Vec<usize> = Vec::with_capacity(hub.shard_count());
+    let mut expire = tokio::time::interval(Duration::from_secs(1));
+    let mut published: u64 = 0;
+    loop {
+        tokio::select! {
+            n = rx.recv_many(&mut batch, 256) => if n == 0 { return },
+            _ = expire.tick() => {
+                home.expire(Instant::now());
+                shard.stats().topics_home.store(home.topic_count() as u64, Ordering::Relaxed);
+                shard.m.topics.set(home.topic_count() as f64);
+                continue;
+            }
+        }
+        let now = Instant::now();
+        for msg in batch.drain(..) {
+            match msg {
+                HomeMsg::Publish {
+                    topic,
+                    payload,
+                    at,
+                    reply,
+                } => {
+                    let (seq, frame, name) = home.publish(&topic, &payload, now);
+                    published += 1;
+                    if let Some(r) = reply {
+                        let _ = r.send(seq);
+                    }
+                    targets.clear();
+                    targets.extend(home.interested(&name));
+                    for &t in &targets {
+                        let d = ShardMsg::Deliver {
+                            topic: name.clone(),
+                            seq,
+                            frame: frame.clone(),
+                            at,
+                        };
+                        if hub.shard_sender(t).send(d).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                HomeMsg::Subscribe {
+                    topic,
+                    shard: from,
+                    session,
+                    id,
+                    recover,
+                } => {
+                    let ack = home.subscribe(&topic, from, session, id, recover, now);
+                    if hub
+                        .shard_sender(from)
+                        .send(ShardMsg::Subscribed(ack))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                HomeMsg::Unsubscribe { topic, shard: from } => home.unsubscribe(&topic, from, now),
+                HomeMsg::Barrier(token) => {
+                    for t in 0..hub.shard_count() {
+                        let _ = hub.shard_sender(t).send(ShardMsg::Barrier(token.clone())).await;
+                    }
+                }
+            }
+        }
+        shard.stats().published.store(published, Ordering::Relaxed);
+    }
+}
+
+/// Takes publications in batches and writes them to local subscribers.
+async fn delivery_task(shard: Rc<Shard>, mut rx: mpsc::Receiver<ShardMsg>) {
+    let mut batch = Vec::with_capacity(256);
+    let mut barriers = Vec::new();
+    let mut delivered_total: u64 = 0;
+    while rx.recv_many(&mut batch, 256).await > 0 {
+        let start = Instant::now();
+        let mut acc = WriteAcc::default();
+        let mut delivered: u64 = 0;
+        {
+            let mut st = shard.st.borrow_mut();
+            let st = &mut *st;
+            for msg in batch.drain(..) {
+                match msg {
+                    ShardMsg::Deliver { topic, frame, at, .. } => {
+                        let Some(n) = st.topics.get(&topic).map(Vec::len) else {
+                            continue;
+                        };
+                        let fi = st.frames.len() as u32;
+                        st.frames.push(frame);
+                        st.at.push(at);
+                        for i in 0..n {
+                            // Index loop: `enqueue` may close a slow session,
+                            // which never edits the list during the batch.
+                            let s = st.topics[&topic][i].clone();
+                            shard.enqueue(st, &s, fi, &mut acc);
+                        }
+                        delivered += n as u64;
+                    }
+                    ShardMsg::Subscribed(ack) => shard.activate(st, ack),
+                    ShardMsg::Barrier(token) => barriers.push(token),
+                    ShardMsg::Disconnect { user, reply } => {
+                        let mut n = 0;
+                        for (_, s) in st.sessions.iter() {
+                            if s.phase.get() == Phase::Open && s.claims.borrow().sub == user {
+                                s.close(4003, "disconnected by the operator");
+                                n += 1;
+                            }
+                        }
+                        let _ = reply.send(n);
+                    }
+                    ShardMsg::Drain => {
+                        st.draining = true;
+                        for (_, s) in st.sessions.iter() {
+                            s.close(1001, "going away");
+                        }
+                    }
+                }
+            }
+            shard.flush_batch(st, &mut acc);
+        }
+        // Barriers pass only after what came before them was written or
+        // queued.
+        barriers.clear();
+        let end = Instant::now();
+        {
+            let mut st = shard.st.borrow_mut();
+            let fan = m::seconds(end - start);
+            for at in st.at.drain(..) {
+                shard.m.delivery_latency.record(m::seconds(end.saturating_duration_since(at)));
+                shard.m.fanout.record(fan);
+            }
+        }
+        if delivered > 0 {
+            delivered_total += delivered;
+            shard.m.delivered.increment(delivered);
+            shard.stats().delivered.store(delivered_total, Ordering::Relaxed);
+        }
+        if acc.bytes > 0 {
+            shard.m.bytes_out.increment(acc.bytes);
+        }
+        if acc.syscalls > 0 {
+            shard.m.write_syscalls.increment(acc.syscalls);
+        }
+        if acc.dropped_slow > 0 {
+            shard.m.dropped_slow.increment(acc.dropped_slow);
+        }
+    }
+}
+
+async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, mut lifecycle: watch::Receiver<Lifecycle>) {
+    let mut warned_fds = None::<Instant>;
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = lifecycle.changed() => {
+                if *lifecycle.borrow() != Lifecycle::Running {
+                    return;
+                }
+                continue;
+            }
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                spawn_local(handshake(shard.clone(), stream, peer));
+            }
+            Err(e) if is_fd_exhaustion(&e) => {
+                m::accept_error("fd_exhausted");
+                if warned_fds.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                    tracing::warn!(shard = shard.id, error = %e, "out of file descriptors; accept backs off (raise `ulimit -n`)");
+                    warned_fds = Some(Instant::now());
+                }
+                // The pending connections stay in the backlog; spinning on
+                // accept would only burn the core that could free fds.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => {
+                m::accept_error("other");
+                tracing::debug!(shard = shard.id, error = %e, "accept failed");
+            }
+        }
+    }
+}
+
+fn is_fd_exhaustion(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(code) if code == 24 /* EMFILE */ || code == 23 /* ENFILE */)
+        || e.kind() == io::ErrorKind::OutOfMemory
+}
+
+async fn handshake(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
+    let started = Instant::now();
+    let _ = stream.set_nodelay(true);
+    let io = TokioIo::new(stream);
+    let svc_shard = shard.clone();
+    let svc = service_fn(move |req| {
+        let r = on_request(&svc_shard, req, peer, started);
+        async move { Ok::<_, std::convert::Infallible>(r) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(shard.settings.handshake)
+        .max_buf_size(shard.settings.max_header.max(8192))
+        .keep_alive(false)
+        .serve_connection(io, svc)
+        .with_upgrades();
+    match tokio::time::timeout(shard.settings.handshake, conn).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "handshake connection error"),
+        Err(_) => {
+            m::handshake("timeout");
+            tracing::debug!(%peer, "handshake timed out");
+        }
+    }
+}
+
+fn on_request(
+    shard: &Rc<Shard>,
+    mut req: hyper::Request<hyper::body::Incoming>,
+    peer: SocketAddr,
+    started: Instant,
+) -> hyper::Response<Full<Bytes>> {
+    let accepted = match shard.shared.gate.check(&req, peer) {
+        Ok(a) => a,
+        Err(rej) => {
+            m::handshake(rej.label());
+            tracing::debug!(%peer, reason = %rej, status = rej.status().as_u16(), "handshake rejected");
+            return rej.response();
+        }
+    };
+    let response = accepted.response();
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    // The request (headers, extensions) would otherwise live as long as the
+    // upgrade future: kilobytes per connection for nothing.
+    drop(req);
+    let shard2 = shard.clone();
+    spawn_local(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "upgrade failed");
+                return;
+            }
+        };
+        match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => {
+                // Copy what the client sent after its request, so hyper's
+                // read buffer is freed now rather than pinned by the session.
+                let leftover = Bytes::copy_from_slice(&parts.read_buf);
+                drop(parts.read_buf);
+                shard2.start_session(parts.io.into_inner(), leftover, accepted, peer);
+            }
+            Err(_) => tracing::error!(%peer, "upgraded connection is not a TcpStream"),
+        }
+    });
+    m::handshake("ok");
+    shard.m.handshake.record(m::seconds(started.elapsed()));
+    response
+}
