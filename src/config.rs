@@ -396,7 +396,10 @@ impl Config {
             }
         }
         if a.issuer.as_deref() == Some("") {
-            return invalid("auth.issuer", "must not be empty (omit it to skip the check)");
+            return invalid(
+                "auth.issuer",
+                "must not be empty (omit it to skip the check)",
+            );
         }
         if a.audience.as_deref() == Some("") {
             return invalid(
@@ -604,7 +607,11 @@ fn deserialize_with_overrides(
         let message = err.inner().message().to_owned();
         let unknown = message.starts_with("unknown field `");
 
-        let Some(o) = overrides.iter_mut().find(|o| o.covers(&path)) else {
+        // An unknown section is reported at the section itself.
+        let owner = overrides
+            .iter_mut()
+            .find(|o| o.covers(&path) || (unknown && o.section == path));
+        let Some(o) = owner else {
             return Err(if unknown {
                 ConfigError::UnknownKey { key: path }
             } else {
@@ -701,7 +708,10 @@ mod tests {
         assert!(e.to_string().starts_with("limits.max_connections: "), "{e}");
 
         let e = Config::from_toml_str("[auth]\nallowed_origins = [1]\n").unwrap_err();
-        assert!(e.to_string().starts_with("auth.allowed_origins[0]: "), "{e}");
+        assert!(
+            e.to_string().starts_with("auth.allowed_origins[0]: "),
+            "{e}"
+        );
     }
 
     #[test]
@@ -709,7 +719,10 @@ mod tests {
         let c = from_env(&[
             ("HERALD_LISTEN__WS", "127.0.0.1:9000"),
             ("HERALD_LIMITS__MAX_CONNECTIONS", "10"),
-            ("HERALD_AUTH__ALLOWED_ORIGINS", r#"["https://a.example", "http://b:8080"]"#),
+            (
+                "HERALD_AUTH__ALLOWED_ORIGINS",
+                r#"["https://a.example", "http://b:8080"]"#,
+            ),
             ("HERALD_AUTH__ALLOW_QUERY_TOKEN", "true"),
             ("HERALD_LOG__LEVEL", "debug,herald=trace"),
             ("HERALD_AUTH__ISSUER", "'quoted'"),
@@ -719,7 +732,10 @@ mod tests {
         .expect("valid");
         assert_eq!(c.listen.ws, "127.0.0.1:9000".parse().unwrap());
         assert_eq!(c.limits.max_connections, 10);
-        assert_eq!(c.auth.allowed_origins, ["https://a.example", "http://b:8080"]);
+        assert_eq!(
+            c.auth.allowed_origins,
+            ["https://a.example", "http://b:8080"]
+        );
         assert!(c.auth.allow_query_token);
         assert_eq!(c.log.level, "debug,herald=trace");
         assert_eq!(c.auth.issuer.as_deref(), Some("quoted"));
@@ -727,8 +743,11 @@ mod tests {
 
     #[test]
     fn env_value_that_reads_as_a_number_still_fills_a_string_key() {
-        let c = from_env(&[("HERALD_AUTH__HS256_SECRET", "123456"), ("HERALD_AUTH__AUDIENCE", "true")])
-            .expect("valid");
+        let c = from_env(&[
+            ("HERALD_AUTH__HS256_SECRET", "123456"),
+            ("HERALD_AUTH__AUDIENCE", "true"),
+        ])
+        .expect("valid");
         assert_eq!(c.auth.hs256_secret, "123456");
         assert_eq!(c.auth.audience.as_deref(), Some("true"));
     }
@@ -747,8 +766,8 @@ mod tests {
 
     #[test]
     fn missing_file_is_an_io_error_naming_the_path() {
-        let e = Config::load_from(Some(Path::new("/nonexistent/herald.toml")), env(&[]))
-            .unwrap_err();
+        let e =
+            Config::load_from(Some(Path::new("/nonexistent/herald.toml")), env(&[])).unwrap_err();
         assert!(matches!(e, ConfigError::Io { .. }));
         assert!(e.to_string().contains("/nonexistent/herald.toml"), "{e}");
     }
@@ -763,7 +782,10 @@ mod tests {
             "HERALD___WS",
         ] {
             let e = from_env(&[(var, "1")]).unwrap_err();
-            assert!(matches!(&e, ConfigError::UnknownEnv { var: v } if v == var), "{var}: {e}");
+            assert!(
+                matches!(&e, ConfigError::UnknownEnv { var: v } if v == var),
+                "{var}: {e}"
+            );
             assert!(e.to_string().starts_with(var), "{e}");
         }
     }
@@ -772,11 +794,15 @@ mod tests {
     fn invalid_env_value_names_the_variable() {
         let e = from_env(&[("HERALD_LIMITS__MAX_CONNECTIONS", "lots")]).unwrap_err();
         assert!(
-            e.to_string().starts_with("HERALD_LIMITS__MAX_CONNECTIONS: "),
+            e.to_string()
+                .starts_with("HERALD_LIMITS__MAX_CONNECTIONS: "),
             "{e}"
         );
         let e = from_env(&[("HERALD_LISTEN__WS", "nope")]).unwrap_err();
-        assert_eq!(e.to_string(), "HERALD_LISTEN__WS: invalid socket address syntax");
+        assert_eq!(
+            e.to_string(),
+            "HERALD_LISTEN__WS: invalid socket address syntax"
+        );
         let e = from_env(&[("HERALD_LOG__FORMAT", "xml")]).unwrap_err();
         assert!(e.to_string().starts_with("HERALD_LOG__FORMAT: "), "{e}");
     }
@@ -819,19 +845,40 @@ mod tests {
     fn validate_rejects_out_of_range_values_naming_the_key() {
         let cases = [
             ("[listen]\nbacklog = 0", "listen.backlog"),
-            ("[limits]\nmax_message_bytes = 124", "limits.max_message_bytes"),
-            ("[limits]\nmax_message_bytes = 67108865", "limits.max_message_bytes"),
+            (
+                "[limits]\nmax_message_bytes = 124",
+                "limits.max_message_bytes",
+            ),
+            (
+                "[limits]\nmax_message_bytes = 67108865",
+                "limits.max_message_bytes",
+            ),
             ("[limits]\nclient_burst = 0", "limits.client_burst"),
             ("[hub]\nhistory_size = 0", "hub.history_size"),
             ("[hub]\ninbox_capacity = 15", "hub.inbox_capacity"),
             ("[timeouts]\ntick_ms = 5", "timeouts.tick_ms"),
             ("[timeouts]\ntick_ms = 2000", "timeouts.tick_ms"),
-            ("[timeouts]\nping_interval_ms = 100", "timeouts.ping_interval_ms"),
-            ("[auth]\ndefault_topics = [\"bad topic\"]", "auth.default_topics"),
+            (
+                "[timeouts]\nping_interval_ms = 100",
+                "timeouts.ping_interval_ms",
+            ),
+            (
+                "[auth]\ndefault_topics = [\"bad topic\"]",
+                "auth.default_topics",
+            ),
             ("[auth]\ndefault_publish = [\"\"]", "auth.default_publish"),
-            ("[auth]\nallowed_origins = [\"example.com\"]", "auth.allowed_origins"),
-            ("[auth]\nallowed_origins = [\"https://a/path\"]", "auth.allowed_origins"),
-            ("[auth]\npublic_key_file = \"/nonexistent.pem\"", "auth.public_key_file"),
+            (
+                "[auth]\nallowed_origins = [\"example.com\"]",
+                "auth.allowed_origins",
+            ),
+            (
+                "[auth]\nallowed_origins = [\"https://a/path\"]",
+                "auth.allowed_origins",
+            ),
+            (
+                "[auth]\npublic_key_file = \"/nonexistent.pem\"",
+                "auth.public_key_file",
+            ),
             ("[auth]\nissuer = \"\"", "auth.issuer"),
             ("[log]\nlevel = \"herald=loud\"", "log.level"),
         ];

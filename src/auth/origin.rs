@@ -56,7 +56,10 @@ pub(crate) fn normalize(origin: &str) -> Option<String> {
     let (host, port) = split_host_port(authority)?;
     let host_ok = if let Some(inner) = host.strip_prefix('[') {
         let inner = inner.strip_suffix(']')?;
-        !inner.is_empty() && inner.chars().all(|c| c.is_ascii_hexdigit() || matches!(c, ':' | '.'))
+        !inner.is_empty()
+            && inner
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() || matches!(c, ':' | '.'))
     } else {
         !host.is_empty()
             && host
@@ -179,7 +182,10 @@ mod tests {
         ] {
             assert_eq!(normalize(bad), None, "{bad}");
         }
-        assert_eq!(normalize("chrome-extension://abc").as_deref(), Some("chrome-extension://abc"));
+        assert_eq!(
+            normalize("chrome-extension://abc").as_deref(),
+            Some("chrome-extension://abc")
+        );
         assert_eq!(normalize("http://a:80/").as_deref(), Some("http://a"));
     }
 }

@@ -156,18 +156,16 @@ impl Verifier {
             }
             None => None,
         };
-        let default_topics = Patterns::parse(&cfg.default_topics).map_err(|source| {
-            KeyError::Pattern {
+        let default_topics =
+            Patterns::parse(&cfg.default_topics).map_err(|source| KeyError::Pattern {
                 key: "default_topics",
                 source,
-            }
-        })?;
-        let default_publish = Patterns::parse(&cfg.default_publish).map_err(|source| {
-            KeyError::Pattern {
+            })?;
+        let default_publish =
+            Patterns::parse(&cfg.default_publish).map_err(|source| KeyError::Pattern {
                 key: "default_publish",
                 source,
-            }
-        })?;
+            })?;
         Ok(Verifier {
             hs256,
             public,
@@ -338,21 +336,28 @@ fn alg_name(alg: Algorithm) -> &'static str {
     }
 }
 
-/// The header did not decode. When it is JSON with an `alg` we do not know
-/// (`none`, `HS1`, …) that is an algorithm refusal, which is worth telling
-/// apart in metrics from garbage.
+/// The header did not decode. When the token is otherwise JWT-shaped and its
+/// header names an `alg` jsonwebtoken does not know (`none`, `HS1`, …), that
+/// is an algorithm refusal, which metrics should tell apart from garbage.
 fn classify_bad_header(token: &str) -> TokenError {
-    let Some((header, _)) = token.split_once('.') else {
+    let mut parts = token.split('.');
+    let (Some(header), Some(_), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return TokenError::Malformed;
     };
     let Ok(bytes) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header) else {
         return TokenError::Malformed;
     };
-    match serde_json::from_slice::<Value>(&bytes) {
-        Ok(Value::Object(map)) if map.get("alg").is_some_and(Value::is_string) => {
-            TokenError::Algorithm
-        }
-        _ => TokenError::Malformed,
+    let unknown_alg = serde_json::from_slice::<Value>(&bytes).is_ok_and(|h| {
+        h.get("alg")
+            .and_then(Value::as_str)
+            .is_some_and(|alg| alg.parse::<Algorithm>().is_err())
+    });
+    if unknown_alg {
+        TokenError::Algorithm
+    } else {
+        TokenError::Malformed
     }
 }
 
@@ -486,7 +491,13 @@ mod tests {
     #[test]
     fn hs256_token_yields_typed_claims() {
         let v = verifier(&hs_auth());
-        let token = mint_hs256(SECRET, "alice", NOW + 60, Some(&["md.*", "news"]), Some(&["chat.*"]));
+        let token = mint_hs256(
+            SECRET,
+            "alice",
+            NOW + 60,
+            Some(&["md.*", "news"]),
+            Some(&["chat.*"]),
+        );
         let c = v.verify_at(&token, NOW).expect("valid");
         assert_eq!(&*c.sub, "alice");
         assert_eq!(c.exp, NOW + 60);
@@ -507,8 +518,17 @@ mod tests {
     #[test]
     fn wrong_secret_is_bad_signature() {
         let v = verifier(&hs_auth());
-        let token = mint_hs256("another-secret-another-secret-xx", "a", NOW + 60, None, None);
-        assert_eq!(v.verify_at(&token, NOW).unwrap_err(), TokenError::BadSignature);
+        let token = mint_hs256(
+            "another-secret-another-secret-xx",
+            "a",
+            NOW + 60,
+            None,
+            None,
+        );
+        assert_eq!(
+            v.verify_at(&token, NOW).unwrap_err(),
+            TokenError::BadSignature
+        );
     }
 
     #[test]
@@ -518,7 +538,10 @@ mod tests {
         let parts: Vec<&str> = token.split('.').collect();
         let forged = b64(&json!({"sub": "mallory", "exp": NOW + 60}));
         let tampered = format!("{}.{}.{}", parts[0], forged, parts[2]);
-        assert_eq!(v.verify_at(&tampered, NOW).unwrap_err(), TokenError::BadSignature);
+        assert_eq!(
+            v.verify_at(&tampered, NOW).unwrap_err(),
+            TokenError::BadSignature
+        );
     }
 
     #[test]
@@ -527,14 +550,20 @@ mod tests {
         let token = mint_hs256(SECRET, "a", NOW, None, None);
         assert!(v.verify_at(&token, NOW).is_ok());
         assert!(v.verify_at(&token, NOW + 5).is_ok(), "within leeway");
-        assert_eq!(v.verify_at(&token, NOW + 6).unwrap_err(), TokenError::Expired);
+        assert_eq!(
+            v.verify_at(&token, NOW + 6).unwrap_err(),
+            TokenError::Expired
+        );
     }
 
     #[test]
     fn future_nbf_is_not_yet_valid() {
         let v = verifier(&hs_auth());
         let token = hs(json!({"sub": "a", "exp": NOW + 600, "nbf": NOW + 60}));
-        assert_eq!(v.verify_at(&token, NOW).unwrap_err(), TokenError::NotYetValid);
+        assert_eq!(
+            v.verify_at(&token, NOW).unwrap_err(),
+            TokenError::NotYetValid
+        );
         let token = hs(json!({"sub": "a", "exp": NOW + 600, "nbf": NOW + 5}));
         assert!(v.verify_at(&token, NOW).is_ok(), "within leeway");
     }
@@ -548,17 +577,34 @@ mod tests {
         });
         let ok = json!({"sub": "a", "exp": NOW + 60, "aud": "herald", "iss": "https://idp"});
         assert!(v.verify_at(&hs(ok), NOW).is_ok());
-        let aud_list = json!({"sub": "a", "exp": NOW + 60, "aud": ["x", "herald"], "iss": "https://idp"});
+        let aud_list =
+            json!({"sub": "a", "exp": NOW + 60, "aud": ["x", "herald"], "iss": "https://idp"});
         assert!(v.verify_at(&hs(aud_list), NOW).is_ok());
 
         let cases = [
-            (json!({"sub": "a", "exp": NOW + 60, "aud": "other", "iss": "https://idp"}), TokenError::Audience),
-            (json!({"sub": "a", "exp": NOW + 60, "iss": "https://idp"}), TokenError::Audience),
-            (json!({"sub": "a", "exp": NOW + 60, "aud": "herald", "iss": "https://evil"}), TokenError::Issuer),
-            (json!({"sub": "a", "exp": NOW + 60, "aud": "herald"}), TokenError::Issuer),
+            (
+                json!({"sub": "a", "exp": NOW + 60, "aud": "other", "iss": "https://idp"}),
+                TokenError::Audience,
+            ),
+            (
+                json!({"sub": "a", "exp": NOW + 60, "iss": "https://idp"}),
+                TokenError::Audience,
+            ),
+            (
+                json!({"sub": "a", "exp": NOW + 60, "aud": "herald", "iss": "https://evil"}),
+                TokenError::Issuer,
+            ),
+            (
+                json!({"sub": "a", "exp": NOW + 60, "aud": "herald"}),
+                TokenError::Issuer,
+            ),
         ];
         for (claims, want) in cases {
-            assert_eq!(v.verify_at(&hs(claims.clone()), NOW).unwrap_err(), want, "{claims}");
+            assert_eq!(
+                v.verify_at(&hs(claims.clone()), NOW).unwrap_err(),
+                want,
+                "{claims}"
+            );
         }
     }
 
@@ -585,7 +631,11 @@ mod tests {
             json!({"sub": "a", "exp": NOW + 60, "topics": ["bad topic"]}),
             json!({"sub": "a", "exp": NOW + 60, "pub": {"x": 1}}),
         ] {
-            assert_eq!(v.verify_at(&hs(claims.clone()), NOW).unwrap_err(), TokenError::Claims, "{claims}");
+            assert_eq!(
+                v.verify_at(&hs(claims.clone()), NOW).unwrap_err(),
+                TokenError::Claims,
+                "{claims}"
+            );
         }
     }
 
@@ -599,7 +649,9 @@ mod tests {
     #[test]
     fn absent_topic_claims_fall_back_to_configured_defaults() {
         let v = verifier(&hs_auth());
-        let c = v.verify_at(&mint_hs256(SECRET, "a", NOW + 60, None, None), NOW).unwrap();
+        let c = v
+            .verify_at(&mint_hs256(SECRET, "a", NOW + 60, None, None), NOW)
+            .unwrap();
         assert!(c.topics.is_empty(), "no default configured: deny");
         assert!(c.publish.is_empty());
 
@@ -608,14 +660,19 @@ mod tests {
             default_publish: vec!["echo".into()],
             ..hs_auth()
         });
-        let c = v.verify_at(&mint_hs256(SECRET, "a", NOW + 60, None, None), NOW).unwrap();
+        let c = v
+            .verify_at(&mint_hs256(SECRET, "a", NOW + 60, None, None), NOW)
+            .unwrap();
         assert!(c.topics.allows("public.x"));
         assert!(!c.topics.allows("private.x"));
         assert!(c.publish.allows("echo"));
 
         // A present claim replaces the default, even when empty.
         let c = v
-            .verify_at(&mint_hs256(SECRET, "a", NOW + 60, Some(&[]), Some(&["*"])), NOW)
+            .verify_at(
+                &mint_hs256(SECRET, "a", NOW + 60, Some(&[]), Some(&["*"])),
+                NOW,
+            )
             .unwrap();
         assert!(!c.topics.allows("public.x"));
         assert!(c.publish.allows("anything"));
@@ -657,7 +714,10 @@ mod tests {
                 "{bad:.40}: {e:?}"
             );
         }
-        assert_eq!(v.verify_at("garbage", NOW).unwrap_err(), TokenError::Malformed);
+        assert_eq!(
+            v.verify_at("garbage", NOW).unwrap_err(),
+            TokenError::Malformed
+        );
     }
 
     #[test]
@@ -721,12 +781,17 @@ mod tests {
         assert!(c.topics.allows("md.x"));
 
         // HS256 still works alongside, with its own key.
-        assert!(v.verify_at(&mint_hs256(SECRET, "a", NOW + 60, None, None), NOW).is_ok());
+        assert!(v
+            .verify_at(&mint_hs256(SECRET, "a", NOW + 60, None, None), NOW)
+            .is_ok());
 
         let mut tampered = sign(alg, &enc, &claims);
         tampered.truncate(tampered.len() - 4);
         tampered.push_str("AAAA");
-        assert_eq!(v.verify_at(&tampered, NOW).unwrap_err(), TokenError::BadSignature);
+        assert_eq!(
+            v.verify_at(&tampered, NOW).unwrap_err(),
+            TokenError::BadSignature
+        );
     }
 
     #[test]
@@ -825,6 +890,8 @@ mod tests {
         ];
         let labels: std::collections::HashSet<_> = all.iter().map(|e| e.reason()).collect();
         assert_eq!(labels.len(), all.len());
-        assert!(labels.iter().all(|l| l.chars().all(|c| c.is_ascii_lowercase() || c == '_')));
+        assert!(labels
+            .iter()
+            .all(|l| l.chars().all(|c| c.is_ascii_lowercase() || c == '_')));
     }
 }

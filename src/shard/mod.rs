@@ -715,7 +715,6 @@ async fn handshake(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
         .timer(TokioTimer::new())
         .header_read_timeout(shard.settings.handshake)
         .max_buf_size(shard.settings.max_header.max(8192))
-        .keep_alive(false)
         .serve_connection(io, svc)
         .with_upgrades();
     match tokio::time::timeout(shard.settings.handshake, conn).await {
