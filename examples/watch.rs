@@ -35,16 +35,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err("name at least one topic".into());
     }
     let mut req = url.into_client_request()?;
-    req.headers_mut().insert("Sec-WebSocket-Protocol", "herald.v1".parse()?);
-    req.headers_mut().insert("Authorization", format!("Bearer {token}").parse()?);
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", "herald.v1".parse()?);
+    req.headers_mut()
+        .insert("Authorization", format!("Bearer {token}").parse()?);
     let (mut ws, _) = tokio_tungstenite::connect_async(req).await?;
     for (i, t) in topics.iter().enumerate() {
-        ws.send(Message::binary(encode_subscribe(i as u32 + 1, t, None))).await?;
+        ws.send(Message::binary(encode_subscribe(i as u32 + 1, t, None)))
+            .await?;
     }
     while let Some(msg) = ws.next().await {
         match msg? {
             Message::Binary(b) => match decode_server_message(&b) {
-                Ok(ServerMessage::Publication { topic, seq, payload }) => {
+                Ok(ServerMessage::Publication {
+                    topic,
+                    seq,
+                    payload,
+                }) => {
                     println!("{topic} #{seq} {}", String::from_utf8_lossy(&payload));
                 }
                 Ok(other) => println!("{other:?}"),

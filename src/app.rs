@@ -105,9 +105,15 @@ impl Server {
                 hello_timeout: Duration::from_millis(config.ingest.hello_timeout_ms),
                 max_feeds: config.ingest.max_feeds,
             });
-            let ingest_l = tokio::net::TcpListener::from_std(ingest_l).map_err(StartError::Thread)?;
+            let ingest_l =
+                tokio::net::TcpListener::from_std(ingest_l).map_err(StartError::Thread)?;
             let admin_l = tokio::net::TcpListener::from_std(admin_l).map_err(StartError::Thread)?;
-            control.spawn(ingest::serve(ingest_l, ingest_cfg, hub.clone(), stop_ingest_rx));
+            control.spawn(ingest::serve(
+                ingest_l,
+                ingest_cfg,
+                hub.clone(),
+                stop_ingest_rx,
+            ));
             let api = Arc::new(Api::new(shared.clone(), hub.clone(), prometheus.clone()));
             control.spawn(api::serve(admin_l, api, stop_admin_rx));
             control.spawn(async move {
@@ -175,7 +181,10 @@ impl Server {
         while self.connections() > 0 {
             if Instant::now() >= deadline {
                 clean = false;
-                tracing::warn!(left = self.connections(), "drain time over; dropping the rest");
+                tracing::warn!(
+                    left = self.connections(),
+                    "drain time over; dropping the rest"
+                );
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -190,13 +199,22 @@ impl Server {
         })
         .await;
         self.control.shutdown_background();
-        tracing::info!(clean, elapsed_ms = started.elapsed().as_millis() as u64, "stopped");
+        tracing::info!(
+            clean,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "stopped"
+        );
         clean
     }
 }
 
-fn local_addr(what: &'static str, addr: SocketAddr, l: &std::net::TcpListener) -> Result<SocketAddr, StartError> {
-    l.local_addr().map_err(|source| StartError::Bind { what, addr, source })
+fn local_addr(
+    what: &'static str,
+    addr: SocketAddr,
+    l: &std::net::TcpListener,
+) -> Result<SocketAddr, StartError> {
+    l.local_addr()
+        .map_err(|source| StartError::Bind { what, addr, source })
 }
 
 fn socket(addr: SocketAddr, reuse_port: bool) -> std::io::Result<Socket> {
@@ -212,7 +230,11 @@ fn socket(addr: SocketAddr, reuse_port: bool) -> std::io::Result<Socket> {
 
 /// A listener with a real backlog: tokio's default of 1024 resets
 /// connections during a connect storm.
-fn bind(what: &'static str, addr: SocketAddr, backlog: i32) -> Result<std::net::TcpListener, StartError> {
+fn bind(
+    what: &'static str,
+    addr: SocketAddr,
+    backlog: i32,
+) -> Result<std::net::TcpListener, StartError> {
     let err = |source| StartError::Bind { what, addr, source };
     let s = socket(addr, false).map_err(err)?;
     s.bind(&addr.into()).map_err(err)?;
@@ -223,8 +245,16 @@ fn bind(what: &'static str, addr: SocketAddr, backlog: i32) -> Result<std::net::
 /// One `SO_REUSEPORT` listener per shard on the same address: the kernel
 /// spreads new connections over the shards with no hand-off between them.
 /// With port 0 the first bind picks the port and the others reuse it.
-fn bind_reuseport(addr: SocketAddr, n: usize, backlog: i32) -> Result<Vec<std::net::TcpListener>, StartError> {
-    let err = |source| StartError::Bind { what: "ws", addr, source };
+fn bind_reuseport(
+    addr: SocketAddr,
+    n: usize,
+    backlog: i32,
+) -> Result<Vec<std::net::TcpListener>, StartError> {
+    let err = |source| StartError::Bind {
+        what: "ws",
+        addr,
+        source,
+    };
     let mut out: Vec<std::net::TcpListener> = Vec::with_capacity(n);
     let mut at = addr;
     for _ in 0..n {

@@ -65,7 +65,7 @@ pub struct Auth {
     /// HMAC secret for HS256 tokens; empty means HS256 is not accepted.
     pub hs256_secret: String,
     /// PEM public key; its type pins the algorithm (RSA→RS256, EC P-256→ES256,
-    /// Ed25519→EdDSA).
+    /// Ed25519→EdDSA). A relative path is taken from the working directory.
     pub public_key_file: Option<PathBuf>,
     pub issuer: Option<String>,
     pub audience: Option<String>,

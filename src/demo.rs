@@ -59,7 +59,10 @@ async fn feed_once(
     s.read_exact(&mut len).await?;
     let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
     s.read_exact(&mut body).await?;
-    if !matches!(feed::decode_gateway_frame(&body), Ok(feed::GatewayFrame::HelloOk)) {
+    if !matches!(
+        feed::decode_gateway_frame(&body),
+        Ok(feed::GatewayFrame::HelloOk)
+    ) {
         return Err(std::io::Error::other("HELLO refused (check ingest.tokens)"));
     }
     let mut iv = tokio::time::interval(period);
@@ -75,8 +78,11 @@ async fn feed_once(
                 r#"{{"symbol":"{sym}","price":{:.4},"tick":{n},"ts":{ts}}}"#,
                 prices[i]
             );
-            s.write_all(&feed::encode_publish(&format!("demo.{sym}"), payload.as_bytes()))
-                .await?;
+            s.write_all(&feed::encode_publish(
+                &format!("demo.{sym}"),
+                payload.as_bytes(),
+            ))
+            .await?;
         }
     }
 }

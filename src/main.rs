@@ -104,9 +104,15 @@ fn announce_demo(server: &Server, secret: &str) {
     } else {
         ws.to_string()
     };
-    println!("herald demo: ticks every 200 ms on demo.BTC-USD, demo.ETH-USD, demo.SOL-USD, demo.EUR-USD");
+    println!(
+        "herald demo: ticks every 200 ms on demo.BTC-USD, demo.ETH-USD, demo.SOL-USD, demo.EUR-USD"
+    );
     println!("watch them:  cargo run --release --example watch -- --url ws://{host}/ws --token {token} demo.BTC-USD demo.ETH-USD");
-    println!("stats:       curl -H 'Authorization: Bearer {}' http://{}/api/stats", demo::API_KEY, server.admin_addr());
+    println!(
+        "stats:       curl -H 'Authorization: Bearer {}' http://{}/api/stats",
+        demo::API_KEY,
+        server.admin_addr()
+    );
     println!("metrics:     curl http://{}/metrics", server.admin_addr());
 }
 

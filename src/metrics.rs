@@ -41,20 +41,35 @@ fn describe() {
     describe_gauge!("herald_topics", "Topics known to their home shard");
     describe_counter!("herald_handshakes_total", "WebSocket handshakes, by result");
     describe_counter!("herald_published_total", "Messages published, by source");
-    describe_counter!("herald_delivered_total", "Frames written to subscriber sockets");
+    describe_counter!(
+        "herald_delivered_total",
+        "Frames written to subscriber sockets"
+    );
     describe_counter!("herald_dropped_total", "Frames not delivered, by reason");
     describe_counter!(
         "herald_bytes_out_total",
         Unit::Bytes,
         "Bytes written to client sockets"
     );
-    describe_counter!("herald_write_syscalls_total", "Vectored writes to client sockets");
+    describe_counter!(
+        "herald_write_syscalls_total",
+        "Vectored writes to client sockets"
+    );
     describe_counter!("herald_closes_total", "Sessions closed, by close code");
-    describe_counter!("herald_client_errors_total", "ERROR replies sent to clients, by code");
+    describe_counter!(
+        "herald_client_errors_total",
+        "ERROR replies sent to clients, by code"
+    );
     describe_counter!("herald_ingest_frames_total", "Frames received from feeds");
-    describe_counter!("herald_ingest_errors_total", "Feed connections ended by an error, by code");
+    describe_counter!(
+        "herald_ingest_errors_total",
+        "Feed connections ended by an error, by code"
+    );
     describe_gauge!("herald_ingest_feeds", "Connected feeds");
-    describe_counter!("herald_api_requests_total", "Operator API requests, by route and status");
+    describe_counter!(
+        "herald_api_requests_total",
+        "Operator API requests, by route and status"
+    );
     describe_counter!("herald_accept_errors_total", "Accept failures, by kind");
     describe_histogram!(
         "herald_delivery_latency_seconds",

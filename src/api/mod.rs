@@ -97,8 +97,10 @@ pub async fn serve(listener: TcpListener, api: Arc<Api>, mut stop: watch::Receiv
 fn json_response(status: StatusCode, v: serde_json::Value) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -114,12 +116,18 @@ fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
 async fn route(api: &Api, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_owned();
     let (label, resp) = match (req.method(), path.as_str()) {
-        (&Method::GET, "/healthz") => ("healthz", json_response(StatusCode::OK, json!({"status": "ok"}))),
+        (&Method::GET, "/healthz") => (
+            "healthz",
+            json_response(StatusCode::OK, json!({"status": "ok"})),
+        ),
         (&Method::GET, "/readyz") => ("readyz", readyz(api)),
         (&Method::GET, "/metrics") => ("metrics", metrics(api)),
         (_, p) if p.starts_with("/api/") => {
             if !authorized(api, &req) {
-                ("unauthorized", error(StatusCode::UNAUTHORIZED, "missing or wrong API key"))
+                (
+                    "unauthorized",
+                    error(StatusCode::UNAUTHORIZED, "missing or wrong API key"),
+                )
             } else {
                 api_route(api, req, &path).await
             }
@@ -130,7 +138,11 @@ async fn route(api: &Api, req: Request<Incoming>) -> Response<Full<Bytes>> {
     resp
 }
 
-async fn api_route(api: &Api, req: Request<Incoming>, path: &str) -> (&'static str, Response<Full<Bytes>>) {
+async fn api_route(
+    api: &Api,
+    req: Request<Incoming>,
+    path: &str,
+) -> (&'static str, Response<Full<Bytes>>) {
     if let Some(topic) = path.strip_prefix("/api/publish/") {
         if req.method() != Method::POST {
             return ("publish", error(StatusCode::METHOD_NOT_ALLOWED, "use POST"));
@@ -140,15 +152,20 @@ async fn api_route(api: &Api, req: Request<Incoming>, path: &str) -> (&'static s
     match (req.method(), path) {
         (&Method::POST, "/api/disconnect") => ("disconnect", disconnect(api, req).await),
         (&Method::GET, "/api/stats") => ("stats", stats(api)),
-        (_, "/api/disconnect") | (_, "/api/stats") => {
-            ("other", error(StatusCode::METHOD_NOT_ALLOWED, "wrong method"))
-        }
+        (_, "/api/disconnect") | (_, "/api/stats") => (
+            "other",
+            error(StatusCode::METHOD_NOT_ALLOWED, "wrong method"),
+        ),
         _ => ("not_found", error(StatusCode::NOT_FOUND, "no such route")),
     }
 }
 
 fn authorized(api: &Api, req: &Request<Incoming>) -> bool {
-    let Some(v) = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+    let Some(v) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
         return false;
     };
     let Some((scheme, key)) = v.split_once(' ') else {
@@ -168,8 +185,14 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 async fn read_body(api: &Api, req: Request<Incoming>) -> Result<Bytes, Response<Full<Bytes>>> {
     match Limited::new(req.into_body(), api.max_body).collect().await {
         Ok(b) => Ok(b.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-            Err(error(StatusCode::PAYLOAD_TOO_LARGE, "body over api.max_body_bytes"))
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body over api.max_body_bytes",
+            ))
         }
         Err(_) => Err(error(StatusCode::BAD_REQUEST, "could not read body")),
     }
@@ -260,7 +283,10 @@ fn stats(api: &Api) -> Response<Full<Bytes>> {
 
 fn readyz(api: &Api) -> Response<Full<Bytes>> {
     if api.shared.gate.draining.load(Ordering::Relaxed) {
-        json_response(StatusCode::SERVICE_UNAVAILABLE, json!({"status": "draining"}))
+        json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"status": "draining"}),
+        )
     } else {
         json_response(StatusCode::OK, json!({"status": "ready"}))
     }

@@ -183,7 +183,10 @@ mod tests {
         let p1 = l.admit(a).unwrap();
         assert_eq!(l.admit(a).err(), Some(LimitError::PerIp));
         let mut p2 = l.admit(b).unwrap();
-        assert_eq!(l.admit("127.0.0.3".parse().unwrap()).err(), Some(LimitError::Capacity));
+        assert_eq!(
+            l.admit("127.0.0.3".parse().unwrap()).err(),
+            Some(LimitError::Capacity)
+        );
         let u: Arc<str> = Arc::from("alice");
         p2.add_user(&u).unwrap();
         drop(p1);

@@ -107,7 +107,10 @@ impl Rejection {
                 );
             }
             Rejection::Version => {
-                h.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+                h.insert(
+                    header::SEC_WEBSOCKET_VERSION,
+                    HeaderValue::from_static("13"),
+                );
             }
             _ => {}
         }
@@ -265,7 +268,10 @@ mod tests {
     #[test]
     fn token_places() {
         let mut h = HeaderMap::new();
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer abc.def"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer abc.def"),
+        );
         assert_eq!(bearer_header(&h), Some("abc.def"));
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic xyz"));
         assert_eq!(bearer_header(&h), None);
@@ -281,10 +287,16 @@ mod tests {
             header::SEC_WEBSOCKET_PROTOCOL,
             HeaderValue::from_static("herald.v1, bearer.x.y.z"),
         );
-        h.append(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("other"));
+        h.append(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("other"),
+        );
         let v: Vec<_> = protocols(&h).collect();
         assert_eq!(v, ["herald.v1", "bearer.x.y.z", "other"]);
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
         assert!(header_has_token(&h, header::CONNECTION, "upgrade"));
     }
 }

@@ -56,7 +56,10 @@ pub enum HomeMsg {
         recover: Option<(u64, Option<Box<str>>)>,
     },
     /// One subscription of `shard` ended.
-    Unsubscribe { topic: Arc<str>, shard: usize },
+    Unsubscribe {
+        topic: Arc<str>,
+        shard: usize,
+    },
     Barrier(BarrierToken),
 }
 
@@ -306,7 +309,12 @@ impl HomeState {
     }
 
     /// Sequences and encodes one publication. Returns the seq.
-    pub fn publish(&mut self, topic: &Arc<str>, payload: &[u8], now: Instant) -> (u64, Bytes, Arc<str>) {
+    pub fn publish(
+        &mut self,
+        topic: &Arc<str>,
+        payload: &[u8],
+        now: Instant,
+    ) -> (u64, Bytes, Arc<str>) {
         let t = self.topic(topic, now);
         t.seq += 1;
         let frame = publication_frame(&t.name, t.seq, payload);
@@ -393,4 +401,3 @@ fn new_epoch() -> Arc<str> {
     let n: u64 = rand::random();
     Arc::from(format!("{n:016x}"))
 }
-

@@ -93,7 +93,10 @@ mod tests {
             r.push(s, f(s));
         }
         assert_eq!(collect(&r, 1, 3), Some(vec!["2".into(), "3".into()]));
-        assert_eq!(collect(&r, 0, 3), Some(vec!["1".into(), "2".into(), "3".into()]));
+        assert_eq!(
+            collect(&r, 0, 3),
+            Some(vec!["1".into(), "2".into(), "3".into()])
+        );
         assert_eq!(collect(&r, 3, 3), Some(vec![]));
     }
 
@@ -104,7 +107,10 @@ mod tests {
             r.push(s, f(s));
         }
         assert_eq!(r.len(), 3);
-        assert_eq!(collect(&r, 7, 10), Some(vec!["8".into(), "9".into(), "10".into()]));
+        assert_eq!(
+            collect(&r, 7, 10),
+            Some(vec!["8".into(), "9".into(), "10".into()])
+        );
         assert_eq!(collect(&r, 6, 10), None, "seq 7 was evicted");
         assert_eq!(collect(&r, 11, 10), None, "since ahead of the topic");
     }

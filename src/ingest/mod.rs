@@ -49,7 +49,12 @@ pub struct IngestConfig {
 }
 
 /// Accepts feeds until `stop` turns true.
-pub async fn serve(listener: TcpListener, cfg: Arc<IngestConfig>, hub: Hub, mut stop: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    cfg: Arc<IngestConfig>,
+    hub: Hub,
+    mut stop: watch::Receiver<bool>,
+) {
     let permits = Arc::new(Semaphore::new(cfg.max_feeds));
     let stopping = Arc::new(AtomicBool::new(false));
     loop {
@@ -94,7 +99,10 @@ pub async fn serve(listener: TcpListener, cfg: Arc<IngestConfig>, hub: Hub, mut 
                 Err(e) => {
                     if let Some(code) = e.code() {
                         crate::metrics::ingest_error(code);
-                        let _ = feed.stream.write_all(&feed::error(code, &e.to_string())).await;
+                        let _ = feed
+                            .stream
+                            .write_all(&feed::error(code, &e.to_string()))
+                            .await;
                     }
                     tracing::warn!(%peer, feed = %feed.name, error = %e, "feed closed");
                 }
@@ -117,7 +125,9 @@ impl Feed {
     /// length (the 4-byte prefix already consumed). `Ok(None)` = clean EOF.
     async fn next_frame(&mut self) -> Result<Option<usize>, IngestError> {
         loop {
-            if let Some(total) = feed::frame_len(&self.buf, self.cfg.max_frame).map_err(IngestError::Protocol)? {
+            if let Some(total) =
+                feed::frame_len(&self.buf, self.cfg.max_frame).map_err(IngestError::Protocol)?
+            {
                 self.buf.advance(4);
                 return Ok(Some(total - 4));
             }
@@ -141,7 +151,12 @@ impl Feed {
         let body = self.buf.split_to(len).freeze();
         match feed::decode_frame(&body).map_err(IngestError::Protocol)? {
             FeedFrame::Hello { token, name } => {
-                if !self.cfg.tokens.iter().any(|t| constant_time_eq(t.as_bytes(), token.as_bytes())) {
+                if !self
+                    .cfg
+                    .tokens
+                    .iter()
+                    .any(|t| constant_time_eq(t.as_bytes(), token.as_bytes()))
+                {
                     return Err(IngestError::Token);
                 }
                 self.name = name.chars().take(64).collect();

@@ -56,7 +56,9 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(config: Arc<Config>, gate: Gate, hub: Hub, handler: Arc<dyn Handler>) -> Self {
-        let stats = (0..hub.shard_count()).map(|_| ShardStats::default()).collect();
+        let stats = (0..hub.shard_count())
+            .map(|_| ShardStats::default())
+            .collect();
         Shared {
             config,
             gate,
@@ -236,7 +238,13 @@ impl Shard {
         &self.shared.stats[self.id]
     }
 
-    fn start_session(self: &Rc<Self>, stream: TcpStream, leftover: Bytes, acc: Accepted, peer: SocketAddr) {
+    fn start_session(
+        self: &Rc<Self>,
+        stream: TcpStream,
+        leftover: Bytes,
+        acc: Accepted,
+        peer: SocketAddr,
+    ) {
         let id = self.shared.next_session.fetch_add(1, Ordering::Relaxed);
         let mut st = self.st.borrow_mut();
         st.generation = st.generation.wrapping_add(1);
@@ -256,14 +264,12 @@ impl Shard {
     }
 
     fn session(st: &State, key: SessionKey) -> Option<&Rc<Session>> {
-        st.sessions
-            .get(key.slot as usize)
-            .filter(|s| s.key == key)
+        st.sessions.get(key.slot as usize).filter(|s| s.key == key)
     }
 
     /// Adds a subscription the home shard acknowledged: index it, queue the
     /// REPLY and any replay, and wake the session's pending request.
-    fn activate(&self, st: &mut State, ack: Box<SubscribeAck>) {
+    fn activate(&self, st: &mut State, ack: SubscribeAck) {
         let Some(s) = Self::session(st, ack.session).cloned() else {
             self.release_interest(ack.topic);
             return;
@@ -283,7 +289,12 @@ impl Shard {
         self.publish_sub_counts(st);
         {
             let mut out = s.out.borrow_mut();
-            out.push(subscribe_reply_frame(ack.id, ack.seq, &ack.epoch, ack.recovered));
+            out.push(subscribe_reply_frame(
+                ack.id,
+                ack.seq,
+                &ack.epoch,
+                ack.recovered,
+            ));
             for f in ack.replay {
                 out.push(f);
             }
@@ -574,7 +585,10 @@ async fn home_task(shard: Rc<Shard>, mut rx: mpsc::Receiver<HomeMsg>) {
                 HomeMsg::Unsubscribe { topic, shard: from } => home.unsubscribe(&topic, from, now),
                 HomeMsg::Barrier(token) => {
                     for t in 0..hub.shard_count() {
-                        let _ = hub.shard_sender(t).send(ShardMsg::Barrier(token.clone())).await;
+                        let _ = hub
+                            .shard_sender(t)
+                            .send(ShardMsg::Barrier(token.clone()))
+                            .await;
                     }
                 }
             }
@@ -597,7 +611,9 @@ async fn delivery_task(shard: Rc<Shard>, mut rx: mpsc::Receiver<ShardMsg>) {
             let st = &mut *st;
             for msg in batch.drain(..) {
                 match msg {
-                    ShardMsg::Deliver { topic, frame, at, .. } => {
+                    ShardMsg::Deliver {
+                        topic, frame, at, ..
+                    } => {
                         let Some(n) = st.topics.get(&topic).map(Vec::len) else {
                             continue;
                         };
@@ -612,7 +628,7 @@ async fn delivery_task(shard: Rc<Shard>, mut rx: mpsc::Receiver<ShardMsg>) {
                         }
                         delivered += n as u64;
                     }
-                    ShardMsg::Subscribed(ack) => shard.activate(st, ack),
+                    ShardMsg::Subscribed(ack) => shard.activate(st, *ack),
                     ShardMsg::Barrier(token) => barriers.push(token),
                     ShardMsg::Disconnect { user, reply } => {
                         let mut n = 0;
@@ -642,14 +658,20 @@ async fn delivery_task(shard: Rc<Shard>, mut rx: mpsc::Receiver<ShardMsg>) {
             let mut st = shard.st.borrow_mut();
             let fan = m::seconds(end - start);
             for at in st.at.drain(..) {
-                shard.m.delivery_latency.record(m::seconds(end.saturating_duration_since(at)));
+                shard
+                    .m
+                    .delivery_latency
+                    .record(m::seconds(end.saturating_duration_since(at)));
                 shard.m.fanout.record(fan);
             }
         }
         if delivered > 0 {
             delivered_total += delivered;
             shard.m.delivered.increment(delivered);
-            shard.stats().delivered.store(delivered_total, Ordering::Relaxed);
+            shard
+                .stats()
+                .delivered
+                .store(delivered_total, Ordering::Relaxed);
         }
         if acc.bytes > 0 {
             shard.m.bytes_out.increment(acc.bytes);
@@ -663,7 +685,11 @@ async fn delivery_task(shard: Rc<Shard>, mut rx: mpsc::Receiver<ShardMsg>) {
     }
 }
 
-async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, mut lifecycle: watch::Receiver<Lifecycle>) {
+async fn accept_loop(
+    shard: Rc<Shard>,
+    listener: TcpListener,
+    mut lifecycle: watch::Receiver<Lifecycle>,
+) {
     let mut warned_fds = None::<Instant>;
     loop {
         let accepted = tokio::select! {

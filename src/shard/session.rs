@@ -68,7 +68,13 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    pub fn new(key: SessionKey, id: u64, peer: SocketAddr, stream: TcpStream, acc: Accepted) -> Self {
+    pub fn new(
+        key: SessionKey,
+        id: u64,
+        peer: SocketAddr,
+        stream: TcpStream,
+        acc: Accepted,
+    ) -> Self {
         Session {
             key,
             id,
@@ -281,7 +287,8 @@ pub(crate) async fn run(shard: Rc<Shard>, s: Rc<Session>, leftover: Bytes) {
                 if s.out.borrow().is_empty() && !s.want_write.get() {
                     if !half_closed {
                         half_closed = true;
-                        let _ = socket2::SockRef::from(&s.stream).shutdown(std::net::Shutdown::Write);
+                        let _ =
+                            socket2::SockRef::from(&s.stream).shutdown(std::net::Shutdown::Write);
                     }
                     if r.peer_closed {
                         break;
@@ -357,10 +364,14 @@ async fn process(shard: &Rc<Shard>, s: &Rc<Session>, r: &mut Reader) {
                 (a, used)
             }
             Err(e) => {
-                report(shard, s, TransportError::Protocol {
-                    code: e.code,
-                    reason: e.reason,
-                });
+                report(
+                    shard,
+                    s,
+                    TransportError::Protocol {
+                        code: e.code,
+                        reason: e.reason,
+                    },
+                );
                 (Action::Close(e.code, e.reason), r.rbuf.len() - pos)
             }
         };
@@ -525,7 +536,14 @@ async fn act(shard: &Rc<Shard>, s: &Rc<Session>, r: &mut Reader, action: Action)
                 id,
                 recover,
             };
-            if shard.shared.hub.home_sender(&topic).send(msg).await.is_err() {
+            if shard
+                .shared
+                .hub
+                .home_sender(&topic)
+                .send(msg)
+                .await
+                .is_err()
+            {
                 return;
             }
             // The delivery task sends the REPLY (in order with the topic's
