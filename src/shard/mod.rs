@@ -216,11 +216,63 @@ struct State {
     topics: HashMap<Arc<str>, Vec<Rc<Session>>>,
     subscriptions: usize,
     draining: bool,
-    // Reused by every batch, so delivery allocates nothing once warm.
+    batch: Batch,
+}
+
+/// The current delivery batch. Reused by every batch, so delivery
+/// allocates nothing once warm.
+#[derive(Default)]
+struct Batch {
+    /// Per-session lists of frames, threaded through `Session::head/tail`.
     arena: Vec<Link>,
     frames: Vec<Bytes>,
     dirty: Vec<Rc<Session>>,
+    /// Ingest time of each publication in the batch, for the latency
+    /// histogram.
     at: Vec<Instant>,
+}
+
+impl Batch {
+    /// Queues frame `fi` for `s`: linked into the arena while the session's
+    /// outbox is empty (the socket keeps up), else behind its outbox so
+    /// order holds. Returns the frames dropped if `s` had to be closed as a
+    /// slow consumer.
+    fn enqueue(&mut self, s: &Rc<Session>, fi: u32, max_outbox: usize) -> usize {
+        if s.phase.get() != Phase::Open {
+            return 0;
+        }
+        if !s.out.borrow().is_empty() {
+            let over = {
+                let mut out = s.out.borrow_mut();
+                out.push(self.frames[fi as usize].clone());
+                out.bytes() > max_outbox
+            };
+            if over {
+                return s.close_slow();
+            }
+        } else {
+            let idx = self.arena.len() as u32;
+            self.arena.push(Link {
+                frame: fi,
+                next: NONE,
+            });
+            let tail = s.tail.replace(idx);
+            if tail == NONE {
+                s.head.set(idx);
+            } else {
+                self.arena[tail as usize].next = idx;
+            }
+        }
+        if !s.dirty.replace(true) {
+            self.dirty.push(s.clone());
+        }
+        0
+    }
+
+    fn push_frame(&mut self, frame: Bytes) -> u32 {
+        self.frames.push(frame);
+        (self.frames.len() - 1) as u32
+    }
 }
 
 /// Per-batch write totals, added to the metrics once per batch.
@@ -257,6 +309,10 @@ impl Shard {
         let s = Rc::new(Session::new(key, id, peer, stream, acc));
         entry.insert(s.clone());
         let n = st.sessions.len();
+        if st.draining {
+            // Upgraded while the drain order went out: same fate as the rest.
+            s.close(1001, "going away");
+        }
         drop(st);
         self.stats().connections.store(n as u64, Ordering::Relaxed);
         self.m.connections.set(n as f64);
@@ -287,20 +343,16 @@ impl Shard {
         list.push(s.clone());
         st.subscriptions += 1;
         self.publish_sub_counts(st);
-        {
-            let mut out = s.out.borrow_mut();
-            out.push(subscribe_reply_frame(
-                ack.id,
-                ack.seq,
-                &ack.epoch,
-                ack.recovered,
-            ));
-            for f in ack.replay {
-                out.push(f);
-            }
-        }
-        if !s.dirty.replace(true) {
-            st.dirty.push(s.clone());
+        // The REPLY and the replay travel like deliveries, so they precede
+        // any live publication queued after them in this batch.
+        let max = self.settings.max_outbox;
+        let b = &mut st.batch;
+        let reply = subscribe_reply_frame(ack.id, ack.seq, &ack.epoch, ack.recovered);
+        let fi = b.push_frame(reply);
+        b.enqueue(&s, fi, max);
+        for f in ack.replay {
+            let fi = b.push_frame(f);
+            b.enqueue(&s, fi, max);
         }
         s.resolve_ack();
     }
@@ -366,46 +418,12 @@ impl Shard {
         }
     }
 
-    /// Queues `frame` for `s` in the current batch.
-    fn enqueue(&self, st: &mut State, s: &Rc<Session>, fi: u32, acc: &mut WriteAcc) {
-        if s.phase.get() != Phase::Open {
-            return;
-        }
-        if !s.out.borrow().is_empty() {
-            let over = {
-                let mut out = s.out.borrow_mut();
-                out.push(st.frames[fi as usize].clone());
-                out.bytes() > self.settings.max_outbox
-            };
-            if over {
-                acc.dropped_slow += s.close_slow() as u64;
-                return;
-            }
-        } else {
-            let idx = st.arena.len() as u32;
-            st.arena.push(Link {
-                frame: fi,
-                next: NONE,
-            });
-            let tail = s.tail.replace(idx);
-            if tail == NONE {
-                s.head.set(idx);
-            } else {
-                st.arena[tail as usize].next = idx;
-            }
-        }
-        if !s.dirty.replace(true) {
-            st.dirty.push(s.clone());
-        }
-    }
-
     /// Writes everything the batch queued, one vectored write per session
     /// as long as the socket takes it.
-    fn flush_batch(&self, st: &mut State, acc: &mut WriteAcc) {
-        let dirty = std::mem::take(&mut st.dirty);
-        for s in &dirty {
+    fn flush_batch(&self, b: &mut Batch, acc: &mut WriteAcc) {
+        for s in &b.dirty {
             s.dirty.set(false);
-            self.write_chain(s, &st.arena, &st.frames, acc);
+            self.write_chain(s, &b.arena, &b.frames, acc);
             if !s.want_write.get() {
                 s.write_outbox(acc);
             }
@@ -413,10 +431,9 @@ impl Shard {
                 acc.dropped_slow += s.close_slow() as u64;
             }
         }
-        st.dirty = dirty;
-        st.dirty.clear();
-        st.arena.clear();
-        st.frames.clear();
+        b.dirty.clear();
+        b.arena.clear();
+        b.frames.clear();
     }
 
     fn write_chain(&self, s: &Session, arena: &[Link], frames: &[Bytes], acc: &mut WriteAcc) {
@@ -478,7 +495,9 @@ impl Shard {
     /// Sends one frame outside a batch (replies, pings): straight to the
     /// socket when nothing is queued, else behind the queue.
     fn send(&self, s: &Session, frame: Bytes) {
-        s.send(frame, self.settings.max_outbox);
+        let acc = s.send(frame, self.settings.max_outbox);
+        self.m.bytes_out.increment(acc.bytes);
+        self.m.write_syscalls.increment(acc.syscalls);
     }
 
     fn tick(&self, now: Instant) {
@@ -599,34 +618,32 @@ async fn home_task(shard: Rc<Shard>, mut rx: mpsc::Receiver<HomeMsg>) {
 
 /// Takes publications in batches and writes them to local subscribers.
 async fn delivery_task(shard: Rc<Shard>, mut rx: mpsc::Receiver<ShardMsg>) {
-    let mut batch = Vec::with_capacity(256);
+    let mut inbox = Vec::with_capacity(256);
+    let max_outbox = shard.settings.max_outbox;
     let mut barriers = Vec::new();
     let mut delivered_total: u64 = 0;
-    while rx.recv_many(&mut batch, 256).await > 0 {
+    while rx.recv_many(&mut inbox, 256).await > 0 {
         let start = Instant::now();
         let mut acc = WriteAcc::default();
         let mut delivered: u64 = 0;
         {
             let mut st = shard.st.borrow_mut();
             let st = &mut *st;
-            for msg in batch.drain(..) {
+            for msg in inbox.drain(..) {
                 match msg {
                     ShardMsg::Deliver {
                         topic, frame, at, ..
                     } => {
-                        let Some(n) = st.topics.get(&topic).map(Vec::len) else {
+                        let State { topics, batch, .. } = &mut *st;
+                        let Some(list) = topics.get(&topic) else {
                             continue;
                         };
-                        let fi = st.frames.len() as u32;
-                        st.frames.push(frame);
-                        st.at.push(at);
-                        for i in 0..n {
-                            // Index loop: `enqueue` may close a slow session,
-                            // which never edits the list during the batch.
-                            let s = st.topics[&topic][i].clone();
-                            shard.enqueue(st, &s, fi, &mut acc);
+                        let fi = batch.push_frame(frame);
+                        batch.at.push(at);
+                        for s in list {
+                            acc.dropped_slow += batch.enqueue(s, fi, max_outbox) as u64;
                         }
-                        delivered += n as u64;
+                        delivered += list.len() as u64;
                     }
                     ShardMsg::Subscribed(ack) => shard.activate(st, *ack),
                     ShardMsg::Barrier(token) => barriers.push(token),
@@ -648,7 +665,7 @@ async fn delivery_task(shard: Rc<Shard>, mut rx: mpsc::Receiver<ShardMsg>) {
                     }
                 }
             }
-            shard.flush_batch(st, &mut acc);
+            shard.flush_batch(&mut st.batch, &mut acc);
         }
         // Barriers pass only after what came before them was written or
         // queued.
@@ -657,7 +674,7 @@ async fn delivery_task(shard: Rc<Shard>, mut rx: mpsc::Receiver<ShardMsg>) {
         {
             let mut st = shard.st.borrow_mut();
             let fan = m::seconds(end - start);
-            for at in st.at.drain(..) {
+            for at in st.batch.at.drain(..) {
                 shard
                     .m
                     .delivery_latency

@@ -75,8 +75,9 @@ impl Outbox {
             self.frames.pop_front();
             done += 1;
         }
-        if self.frames.is_empty() && self.frames.capacity() > 64 {
-            // A burst grew the queue; an idle connection should not keep it.
+        if self.frames.is_empty() {
+            // The queue is the slow path; an idle connection keeps no
+            // memory for it.
             self.frames = VecDeque::new();
         }
         done

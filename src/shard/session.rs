@@ -155,20 +155,41 @@ impl Session {
         }
     }
 
-    /// Sends one frame outside a delivery batch. Returns false if the outbox
-    /// went over `max_outbox` (the caller decides).
-    pub fn send(&self, frame: Bytes, max_outbox: usize) {
+    /// Sends one frame outside a delivery batch (replies, pings): straight
+    /// to the socket when nothing is queued, so an idle session never needs
+    /// an outbox; behind the queue otherwise.
+    pub fn send(&self, frame: Bytes, max_outbox: usize) -> WriteAcc {
+        let mut acc = WriteAcc::default();
         if self.phase.get() == Phase::Closed {
-            return;
+            return acc;
         }
-        self.out.borrow_mut().push(frame);
-        if !self.want_write.get() {
-            let mut acc = WriteAcc::default();
-            self.write_outbox(&mut acc);
+        if self.out.borrow().is_empty() && !self.want_write.get() {
+            match self.stream.try_write(&frame) {
+                Ok(w) => {
+                    acc.syscalls += 1;
+                    acc.bytes += w as u64;
+                    if w == frame.len() {
+                        return acc;
+                    }
+                    self.out.borrow_mut().push(frame.slice(w..));
+                    self.block();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.out.borrow_mut().push(frame);
+                    self.block();
+                }
+                Err(e) => self.fail(e.kind()),
+            }
+        } else {
+            self.out.borrow_mut().push(frame);
+            if !self.want_write.get() {
+                self.write_outbox(&mut acc);
+            }
         }
         if self.out.borrow().bytes() > max_outbox && self.phase.get() == Phase::Open {
             self.close_slow();
         }
+        acc
     }
 
     /// Starts the closing handshake with `code`; what is already queued is
