@@ -7,6 +7,7 @@
 use std::cell::{Cell, RefCell};
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,6 +15,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, Notify};
+use tokio::time::Sleep;
 
 use super::outbox::Outbox;
 use super::{Shard, WriteAcc, IOV_MAX, NONE};
@@ -296,14 +298,14 @@ pub(crate) async fn run(shard: Rc<Shard>, s: Rc<Session>, leftover: Bytes) {
     } else if !r.rbuf.is_empty() {
         process(&shard, &s, &mut r).await;
     }
-    let mut deadline: Option<tokio::time::Instant> = None;
+    let mut deadline: Option<Pin<Box<Sleep>>> = None;
     let mut half_closed = false;
     loop {
         match s.phase.get() {
             Phase::Closed => break,
             Phase::Closing => {
                 if deadline.is_none() {
-                    deadline = Some(tokio::time::Instant::now() + set.close);
+                    deadline = Some(Box::pin(tokio::time::sleep(set.close)));
                 }
                 if s.out.borrow().is_empty() && !s.want_write.get() {
                     if !half_closed {
@@ -327,7 +329,6 @@ pub(crate) async fn run(shard: Rc<Shard>, s: Rc<Session>, leftover: Bytes) {
                 continue;
             }
         }
-        let sleep_until = deadline.unwrap_or_else(tokio::time::Instant::now);
         tokio::select! {
             biased;
             _ = s.wake.notified() => {}
@@ -343,10 +344,18 @@ pub(crate) async fn run(shard: Rc<Shard>, s: Rc<Session>, leftover: Bytes) {
                     Err(e) => s.fail(e.kind()),
                 }
             }
-            _ = tokio::time::sleep_until(sleep_until), if deadline.is_some() => break,
+            _ = expire(&mut deadline), if deadline.is_some() => break,
         }
     }
-    finish(&shard, &s).await;
+    Box::pin(finish(&shard, &s)).await;
+}
+
+/// Resolves when the closing deadline passes; never without one.
+async fn expire(deadline: &mut Option<Pin<Box<Sleep>>>) {
+    match deadline {
+        Some(d) => d.await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn read(shard: &Rc<Shard>, s: &Rc<Session>, r: &mut Reader) {
@@ -397,7 +406,11 @@ async fn process(shard: &Rc<Shard>, s: &Rc<Session>, r: &mut Reader) {
             }
         };
         pos += used;
-        act(shard, s, r, action).await;
+        if let Some(pending) = act_now(shard, s, r, action) {
+            // Boxed: the rare awaiting requests must not size every idle
+            // session's task.
+            Box::pin(act_async(shard, s, pending)).await;
+        }
     }
     r.rbuf.drain(..pos);
 }
@@ -535,7 +548,8 @@ fn refresh(shard: &Shard, s: &Session, id: u32, token: &str) -> Action {
     }
 }
 
-async fn act(shard: &Rc<Shard>, s: &Rc<Session>, r: &mut Reader, action: Action) {
+/// Does what needs no waiting; returns the action if it must await.
+fn act_now(shard: &Rc<Shard>, s: &Rc<Session>, r: &mut Reader, action: Action) -> Option<Action> {
     match action {
         Action::None => {}
         Action::Send(frame) => shard.send(s, frame),
@@ -547,6 +561,13 @@ async fn act(shard: &Rc<Shard>, s: &Rc<Session>, r: &mut Reader, action: Action)
                 s.close(code.unwrap_or(1000), "");
             }
         }
+        a => return Some(a),
+    }
+    None
+}
+
+async fn act_async(shard: &Rc<Shard>, s: &Rc<Session>, action: Action) {
+    match action {
         Action::Subscribe { id, topic, recover } => {
             let (tx, rx) = oneshot::channel();
             *s.pending_ack.borrow_mut() = Some(tx);
@@ -598,6 +619,7 @@ async fn act(shard: &Rc<Shard>, s: &Rc<Session>, r: &mut Reader, action: Action)
                 }
             }
         }
+        Action::None | Action::Send(_) | Action::Close(..) | Action::PeerClose(_) => {}
     }
 }
 
