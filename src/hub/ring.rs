@@ -63,7 +63,7 @@ impl Ring {
             return None;
         }
         let newest = self.first_seq + self.frames.len() as u64 - 1;
-        if newest != last || after + 1 < self.first_seq {
+        if newest != last || after.saturating_add(1) < self.first_seq {
             return None;
         }
         let start = (after + 1 - self.first_seq) as usize;
