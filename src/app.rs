@@ -33,8 +33,8 @@ pub enum StartError {
     Thread(std::io::Error),
 }
 
-/// A running gateway. Dropping it without [`Server::shutdown`] leaves its
-/// threads running until the process exits.
+/// A running gateway. Dropping it without [`Server::shutdown`] stops it
+/// abruptly: shards exit without draining and the sockets are dropped.
 pub struct Server {
     ws_addr: SocketAddr,
     ingest_addr: SocketAddr,
@@ -45,7 +45,9 @@ pub struct Server {
     stop_ingest: watch::Sender<bool>,
     stop_admin: watch::Sender<bool>,
     shards: Vec<std::thread::JoinHandle<()>>,
-    control: tokio::runtime::Runtime,
+    /// `None` once shut down; `Drop` must not drop a runtime from inside
+    /// another (it panics), so it always goes through `shutdown_background`.
+    control: Option<tokio::runtime::Runtime>,
     drain: Duration,
 }
 
@@ -136,7 +138,7 @@ impl Server {
             stop_ingest,
             stop_admin,
             shards,
-            control,
+            control: Some(control),
             drain: Duration::from_millis(config.timeouts.drain_ms),
         })
     }
@@ -168,7 +170,7 @@ impl Server {
     /// Drains and stops: stop accepting, `/readyz` → 503, close every
     /// session with 1001 after what it has queued, wait for them up to the
     /// drain time, then stop. Returns true if every session closed in time.
-    pub async fn shutdown(self) -> bool {
+    pub async fn shutdown(mut self) -> bool {
         let started = Instant::now();
         self.shared.gate.draining.store(true, Ordering::Relaxed);
         let _ = self.lifecycle.send(Lifecycle::Draining);
@@ -191,20 +193,33 @@ impl Server {
         }
         let _ = self.lifecycle.send(Lifecycle::Exit);
         let _ = self.stop_admin.send(true);
-        let shards = self.shards;
+        let shards = std::mem::take(&mut self.shards);
         let _ = tokio::task::spawn_blocking(move || {
             for t in shards {
                 let _ = t.join();
             }
         })
         .await;
-        self.control.shutdown_background();
+        if let Some(rt) = self.control.take() {
+            rt.shutdown_background();
+        }
         tracing::info!(
             clean,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "stopped"
         );
         clean
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.lifecycle.send(Lifecycle::Exit);
+        let _ = self.stop_admin.send(true);
+        let _ = self.stop_ingest.send(true);
+        if let Some(rt) = self.control.take() {
+            rt.shutdown_background();
+        }
     }
 }
 

@@ -109,6 +109,7 @@ struct Settings {
     tick: Duration,
     history: usize,
     topic_ttl: Duration,
+    leeway_s: u64,
 }
 
 impl Settings {
@@ -128,6 +129,7 @@ impl Settings {
             tick: Duration::from_millis(c.timeouts.tick_ms),
             history: c.hub.history_size,
             topic_ttl: Duration::from_secs(c.hub.topic_idle_ttl_s),
+            leeway_s: c.auth.leeway_s,
         }
     }
 }
@@ -498,6 +500,7 @@ impl Shard {
         let acc = s.send(frame, self.settings.max_outbox);
         self.m.bytes_out.increment(acc.bytes);
         self.m.write_syscalls.increment(acc.syscalls);
+        self.m.dropped_slow.increment(acc.dropped_slow);
     }
 
     fn tick(&self, now: Instant) {
@@ -507,7 +510,9 @@ impl Shard {
             if s.phase.get() != Phase::Open {
                 continue;
             }
-            if s.claims.borrow().exp <= unix {
+            // The same leeway the handshake granted, or a token accepted
+            // within it would be closed on the next tick.
+            if s.claims.borrow().exp.saturating_add(self.settings.leeway_s) < unix {
                 s.close(4001, "token expired");
                 continue;
             }
@@ -613,6 +618,10 @@ async fn home_task(shard: Rc<Shard>, mut rx: mpsc::Receiver<HomeMsg>) {
             }
         }
         shard.stats().published.store(published, Ordering::Relaxed);
+        shard
+            .stats()
+            .topics_home
+            .store(home.topic_count() as u64, Ordering::Relaxed);
     }
 }
 

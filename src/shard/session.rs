@@ -189,7 +189,7 @@ impl Session {
             }
         }
         if self.out.borrow().bytes() > max_outbox && self.phase.get() == Phase::Open {
-            self.close_slow();
+            acc.dropped_slow += self.close_slow() as u64;
         }
         acc
     }
