@@ -18,6 +18,11 @@ pub const SYMBOLS: [&str; 4] = ["BTC-USD", "ETH-USD", "SOL-USD", "EUR-USD"];
 
 /// Fills in whatever the demo needs that the config left empty.
 pub fn apply_defaults(cfg: &mut Config) {
+    if cfg.listen.ws == Config::default().listen.ws {
+        // The demo secret is public: anyone who can reach the port could
+        // mint a token, so the demo keeps to loopback unless told otherwise.
+        cfg.listen.ws.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
     if cfg.auth.hs256_secret.is_empty() && cfg.auth.public_key_file.is_none() {
         cfg.auth.hs256_secret = SECRET.to_owned();
     }

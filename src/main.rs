@@ -81,15 +81,18 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        if cli.demo {
+        let feed = cli.demo.then(|| {
             announce_demo(&server, &secret);
             tokio::spawn(demo::run_feed(
                 server.ingest_addr(),
                 feed_token,
                 Duration::from_millis(200),
-            ));
-        }
+            ))
+        });
         wait_for_signal().await;
+        if let Some(feed) = feed {
+            feed.abort();
+        }
         server.shutdown().await;
         ExitCode::SUCCESS
     })

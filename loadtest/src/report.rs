@@ -1,0 +1,219 @@
+//! Merging worker reports and formatting numbers.
+
+use std::collections::BTreeMap;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::worker::{decode_histogram, new_histogram, Ready, WorkerResult};
+
+/// All workers' results added up.
+#[derive(Debug)]
+pub struct Merged {
+    pub attempted: u64,
+    pub connected: u64,
+    pub failures: BTreeMap<String, u64>,
+    pub open_at_end: u64,
+    pub expected: u64,
+    pub received: u64,
+    pub unique: u64,
+    pub gaps: u64,
+    pub dups: u64,
+    pub unexpected: u64,
+    pub closes: BTreeMap<String, u64>,
+    pub first_rx_ns: u64,
+    pub last_rx_ns: u64,
+    pub hist: Histogram<u64>,
+    pub ended_by: BTreeMap<String, u64>,
+    /// Workers that exited without a result (crashed or were killed).
+    pub lost_workers: u32,
+}
+
+fn add_map(into: &mut BTreeMap<String, u64>, from: &BTreeMap<String, u64>) {
+    for (k, v) in from {
+        *into.entry(k.clone()).or_default() += v;
+    }
+}
+
+pub fn merge(results: &[Option<WorkerResult>]) -> Merged {
+    let mut m = Merged {
+        attempted: 0,
+        connected: 0,
+        failures: BTreeMap::new(),
+        open_at_end: 0,
+        expected: 0,
+        received: 0,
+        unique: 0,
+        gaps: 0,
+        dups: 0,
+        unexpected: 0,
+        closes: BTreeMap::new(),
+        first_rx_ns: 0,
+        last_rx_ns: 0,
+        hist: new_histogram(),
+        ended_by: BTreeMap::new(),
+        lost_workers: 0,
+    };
+    for r in results {
+        let Some(r) = r else {
+            m.lost_workers += 1;
+            continue;
+        };
+        m.attempted += r.attempted;
+        m.connected += r.connected;
+        add_map(&mut m.failures, &r.failures);
+        m.open_at_end += r.open_at_end;
+        m.expected += r.expected;
+        m.received += r.received;
+        m.unique += r.unique;
+        m.gaps += r.gaps;
+        m.dups += r.dups;
+        m.unexpected += r.unexpected;
+        add_map(&mut m.closes, &r.closes);
+        if r.first_rx_ns != 0 && (m.first_rx_ns == 0 || r.first_rx_ns < m.first_rx_ns) {
+            m.first_rx_ns = r.first_rx_ns;
+        }
+        m.last_rx_ns = m.last_rx_ns.max(r.last_rx_ns);
+        match decode_histogram(&r.hist) {
+            Ok(h) => {
+                if let Err(e) = m.hist.add(&h) {
+                    eprintln!("worker {}: histogram not merged: {e:?}", r.worker);
+                }
+            }
+            Err(e) => eprintln!("worker {}: {e}", r.worker),
+        }
+        *m.ended_by.entry(r.ended_by.clone()).or_default() += 1;
+    }
+    m
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Latency {
+    pub count: u64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+    pub mean_ms: f64,
+}
+
+pub fn latency(h: &Histogram<u64>) -> Latency {
+    if h.is_empty() {
+        return Latency::default();
+    }
+    let ms = |us: u64| us as f64 / 1000.0;
+    Latency {
+        count: h.len(),
+        p50_ms: ms(h.value_at_quantile(0.5)),
+        p90_ms: ms(h.value_at_quantile(0.9)),
+        p99_ms: ms(h.value_at_quantile(0.99)),
+        p999_ms: ms(h.value_at_quantile(0.999)),
+        max_ms: ms(h.max()),
+        mean_ms: h.mean() / 1000.0,
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ConnectStats {
+    pub attempted: u64,
+    pub connected: u64,
+    pub failures: BTreeMap<String, u64>,
+    /// From the first worker's start to the last worker's "all done".
+    pub seconds: f64,
+    pub per_s: f64,
+}
+
+pub fn connect_stats(ready: &[Option<Ready>]) -> ConnectStats {
+    let mut c = ConnectStats::default();
+    let (mut start, mut end) = (u64::MAX, 0u64);
+    for r in ready.iter().flatten() {
+        c.attempted += r.attempted;
+        c.connected += r.connected;
+        add_map(&mut c.failures, &r.failures);
+        start = start.min(r.connect_start_ms);
+        end = end.max(r.connect_end_ms);
+    }
+    if end >= start && start != u64::MAX {
+        c.seconds = (end - start) as f64 / 1000.0;
+        c.per_s = if c.seconds > 0.0 {
+            c.connected as f64 / c.seconds
+        } else {
+            0.0
+        };
+    }
+    c
+}
+
+/// `1234567` → `1,234,567`.
+pub fn count(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, ch) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+pub fn causes(m: &BTreeMap<String, u64>) -> String {
+    if m.is_empty() {
+        return "none".into();
+    }
+    m.iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+pub fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::worker::encode_histogram;
+
+    #[test]
+    fn counts_are_grouped() {
+        assert_eq!(count(0), "0");
+        assert_eq!(count(999), "999");
+        assert_eq!(count(1000), "1,000");
+        assert_eq!(count(1_234_567), "1,234,567");
+    }
+
+    #[test]
+    fn results_merge_with_histograms() {
+        let mut h1 = new_histogram();
+        h1.saturating_record(1000);
+        let mut h2 = new_histogram();
+        h2.saturating_record(3000);
+        h2.saturating_record(5000);
+        let r = |w: u32, h: &Histogram<u64>, first: u64, last: u64| WorkerResult {
+            worker: w,
+            attempted: 2,
+            connected: 2,
+            unique: h.len(),
+            received: h.len(),
+            expected: 2,
+            first_rx_ns: first,
+            last_rx_ns: last,
+            hist: encode_histogram(h),
+            ended_by: "complete".into(),
+            failures: [("refused".to_string(), 1)].into(),
+            ..WorkerResult::default()
+        };
+        let m = merge(&[Some(r(0, &h1, 50, 60)), Some(r(1, &h2, 40, 90)), None]);
+        assert_eq!(m.unique, 3);
+        assert_eq!(m.hist.len(), 3);
+        assert_eq!(m.hist.max(), m.hist.highest_equivalent(5000));
+        assert_eq!((m.first_rx_ns, m.last_rx_ns), (40, 90));
+        assert_eq!(m.failures["refused"], 2);
+        assert_eq!(m.lost_workers, 1);
+        let l = latency(&m.hist);
+        assert!((l.p50_ms - 3.0).abs() < 0.01, "{l:?}");
+    }
+}

@@ -1,0 +1,836 @@
+//! The subscriber side: one worker process holding its share of the
+//! connections.
+//!
+//! A worker runs on one thread (a current-thread runtime and a `LocalSet`),
+//! so its connection tasks share counters, the latency histogram and one
+//! read buffer through `Cell`/`RefCell` without locks or atomics. Each
+//! connection owns only its socket, its subscriptions and the bytes of a
+//! frame that straddles two reads (usually none): reads go into the
+//! worker's shared scratch buffer and are parsed there at once.
+//!
+//! Talk with the parent is line-based: the plan arrives as one JSON line on
+//! stdin, `stop` (or EOF) on stdin ends the run; JSON events go to stdout.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use base64::Engine as _;
+use hdrhistogram::serialization::{Serializer as _, V2Serializer};
+use hdrhistogram::Histogram;
+use herald::wire::client::{decode_server_message, encode_subscribe, ServerMessage, PUBLICATION};
+use herald::wire::msgpack::Reader;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::plan::{self, Dist, TopicPlan};
+use crate::ws::{self, FailCause, Header};
+
+/// Bytes taken from a socket per read. Shared by all connections of a
+/// worker, so it can be generous: fewer syscalls under fan-out bursts.
+const READ_CHUNK: usize = 64 << 10;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// Receive until every expected publication arrived.
+    Fanout,
+    /// Only hold the connections until told to stop.
+    Idle,
+}
+
+/// Where and how connections go.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Target {
+    pub addr: SocketAddr,
+    /// `Host` header value.
+    pub host: String,
+    /// herald protocol (subprotocol, JWT, SUBSCRIBE frames) or a raw peer
+    /// (`GET {path}/sub/<topic>`, the whole message is the payload).
+    pub herald: bool,
+    /// herald: the WebSocket path (`/ws`); raw: a prefix before `/sub/`.
+    pub path: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Auth {
+    None,
+    /// Mint an HS256 token per connection: `sub` = `load-<i>`, topics `*`.
+    Secret(String),
+    /// One token per line, used round-robin.
+    TokenFile(PathBuf),
+}
+
+/// Everything one worker needs, computed by the parent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerPlan {
+    pub worker: u32,
+    pub kind: Kind,
+    pub target: Target,
+    pub auth: Auth,
+    pub conn_start: u64,
+    pub conn_count: u64,
+    pub topic_names: Vec<String>,
+    pub dist: Dist,
+    pub subs_per_conn: u32,
+    pub seed: u64,
+    /// Messages the parent will publish (round-robin over the topics).
+    pub msgs: u64,
+    pub source_ips: u32,
+    /// Connection attempts per second for this worker; 0 = all at once.
+    pub connect_rate: f64,
+    pub connect_timeout_ms: u64,
+    /// Hard stop, wall clock.
+    pub deadline_unix_ms: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Ready {
+    pub worker: u32,
+    pub attempted: u64,
+    pub connected: u64,
+    pub failures: BTreeMap<String, u64>,
+    pub connect_start_ms: u64,
+    pub connect_end_ms: u64,
+    pub expected: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Progress {
+    pub worker: u32,
+    pub open: u64,
+    pub connected: u64,
+    pub received: u64,
+    pub p99_us: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct WorkerResult {
+    pub worker: u32,
+    pub attempted: u64,
+    pub connected: u64,
+    pub failures: BTreeMap<String, u64>,
+    pub open_at_end: u64,
+    pub expected: u64,
+    /// Publications on subscribed topics, duplicates included.
+    pub received: u64,
+    /// `received` less duplicates: what counts as delivered.
+    pub unique: u64,
+    pub gaps: u64,
+    pub dups: u64,
+    /// Messages that were not a publication of a subscribed topic.
+    pub unexpected: u64,
+    /// How connections ended before the worker stopped, by cause.
+    pub closes: BTreeMap<String, u64>,
+    pub first_rx_ns: u64,
+    pub last_rx_ns: u64,
+    /// Latency histogram (µs), hdrhistogram V2, base64.
+    pub hist: String,
+    /// `complete`, `stop` or `deadline`.
+    pub ended_by: String,
+}
+
+/// One stdout line of a worker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    Ready(Ready),
+    Progress(Progress),
+    Result(Box<WorkerResult>),
+}
+
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+pub fn now_ms() -> u64 {
+    now_ns() / 1_000_000
+}
+
+/// A fresh latency histogram: 1 µs .. 1 h, 3 significant digits.
+pub fn new_histogram() -> Histogram<u64> {
+    // Bounds are constants that hdrhistogram accepts.
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("constant valid bounds")
+}
+
+pub fn encode_histogram(h: &Histogram<u64>) -> String {
+    let mut v = Vec::new();
+    // Writing into a Vec cannot fail for a well-formed histogram.
+    let _ = V2Serializer::new().serialize(h, &mut v);
+    base64::engine::general_purpose::STANDARD.encode(v)
+}
+
+pub fn decode_histogram(s: &str) -> Result<Histogram<u64>, String> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .map_err(|e| format!("histogram base64: {e}"))?;
+    hdrhistogram::serialization::Deserializer::new()
+        .deserialize(&mut &bytes[..])
+        .map_err(|e| format!("histogram: {e:?}"))
+}
+
+fn emit(ev: &Event) {
+    if let Ok(line) = serde_json::to_string(ev) {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    }
+}
+
+/// State shared by the connection tasks of this worker (one thread).
+struct Shared {
+    plan: WorkerPlan,
+    topic_plan: TopicPlan,
+    names: Vec<Box<[u8]>>,
+    tokens: Vec<String>,
+    expected: u64,
+
+    open: Cell<u64>,
+    connected: Cell<u64>,
+    finished: Cell<u64>,
+    failures: RefCell<BTreeMap<String, u64>>,
+    closes: RefCell<BTreeMap<String, u64>>,
+
+    received: Cell<u64>,
+    unique: Cell<u64>,
+    gaps: Cell<u64>,
+    dups: Cell<u64>,
+    unexpected: Cell<u64>,
+    first_rx: Cell<u64>,
+    last_rx: Cell<u64>,
+    hist: RefCell<Histogram<u64>>,
+
+    scratch: RefCell<Vec<u8>>,
+    connect_done: Notify,
+    all_received: Notify,
+}
+
+impl Shared {
+    fn fail(&self, cause: FailCause) {
+        *self.failures.borrow_mut().entry(cause.label()).or_default() += 1;
+        self.finish_one();
+    }
+
+    fn finish_one(&self) {
+        self.finished.set(self.finished.get() + 1);
+        if self.finished.get() == self.plan.conn_count {
+            self.connect_done.notify_one();
+        }
+    }
+
+    fn bump(c: &Cell<u64>, n: u64) {
+        c.set(c.get() + n);
+    }
+
+    fn token(&self, idx: u64) -> Option<String> {
+        match &self.plan.auth {
+            Auth::None => None,
+            Auth::Secret(s) => Some(herald::auth::token::mint_hs256(
+                s,
+                &format!("load-{idx}"),
+                herald::auth::token::now_unix() + 24 * 3600,
+                Some(&["*"]),
+                None,
+            )),
+            Auth::TokenFile(_) => {
+                let n = self.tokens.len() as u64;
+                (n > 0).then(|| self.tokens[(idx % n) as usize].clone())
+            }
+        }
+    }
+
+    fn p99_us(&self) -> u64 {
+        let h = self.hist.borrow();
+        if h.is_empty() {
+            0
+        } else {
+            h.value_at_quantile(0.99)
+        }
+    }
+
+    fn result(&self, ended_by: &str) -> WorkerResult {
+        WorkerResult {
+            worker: self.plan.worker,
+            attempted: self.plan.conn_count,
+            connected: self.connected.get(),
+            failures: self.failures.borrow().clone(),
+            open_at_end: self.open.get(),
+            expected: self.expected,
+            received: self.received.get(),
+            unique: self.unique.get(),
+            gaps: self.gaps.get(),
+            dups: self.dups.get(),
+            unexpected: self.unexpected.get(),
+            closes: self.closes.borrow().clone(),
+            first_rx_ns: self.first_rx.get(),
+            last_rx_ns: self.last_rx.get(),
+            hist: encode_histogram(&self.hist.borrow()),
+            ended_by: ended_by.into(),
+        }
+    }
+}
+
+struct Sub {
+    topic: u32,
+    last_seq: u64,
+    acked: bool,
+}
+
+/// Why a connection's read loop ended.
+#[derive(Debug)]
+enum End {
+    Eof,
+    Io(std::io::ErrorKind),
+    CloseFrame(u16),
+    Protocol(&'static str),
+}
+
+impl End {
+    fn label(&self) -> String {
+        match self {
+            End::Eof => "eof".into(),
+            End::Io(k) => format!("io_{k:?}").to_lowercase(),
+            End::CloseFrame(c) => format!("close_{c}"),
+            End::Protocol(why) => format!("protocol ({why})"),
+        }
+    }
+
+    fn as_fail(&self) -> FailCause {
+        match self {
+            End::Eof | End::Io(_) => FailCause::Reset,
+            End::CloseFrame(_) => FailCause::Closed,
+            End::Protocol(_) => FailCause::Protocol,
+        }
+    }
+}
+
+/// A control frame to answer after the read buffer is released.
+enum Ctrl {
+    Pong([u8; 125], usize),
+}
+
+struct Conn {
+    stream: TcpStream,
+    /// The start of a frame that did not fit in the last read.
+    leftover: Vec<u8>,
+    /// Total bytes that frame needs (0 = unknown/none).
+    need: usize,
+    /// A fragmented message being reassembled (rare; peers may do it).
+    frag: Option<Vec<u8>>,
+    subs: Vec<Sub>,
+    /// SUBSCRIBE replies still awaited.
+    pending: u32,
+    sub_error: Option<u16>,
+    mask: [u8; 4],
+}
+
+impl Conn {
+    /// Waits for the socket, reads once into the shared scratch buffer and
+    /// handles every complete frame in it.
+    async fn read_once(&mut self, w: &Shared) -> Result<(), End> {
+        let ctrl = std::future::poll_fn(|cx| self.poll_read_frames(cx, w)).await?;
+        if let Some(Ctrl::Pong(p, n)) = ctrl {
+            let mut f = Vec::with_capacity(n + 6);
+            ws::push_masked_frame(&mut f, ws::OP_PONG, &p[..n], self.mask);
+            self.stream
+                .write_all(&f)
+                .await
+                .map_err(|e| End::Io(e.kind()))?;
+        }
+        Ok(())
+    }
+
+    /// One read into the scratch buffer, then the frames in it. The buffer
+    /// is borrowed only inside this poll, never across an await.
+    ///
+    /// `poll_read` (rather than `readable()` + `try_read`) matters: on a
+    /// short read tokio clears the readiness itself, which saves a second,
+    /// empty read syscall per wake-up — one per delivery at low rates.
+    fn poll_read_frames(
+        &mut self,
+        cx: &mut Context<'_>,
+        w: &Shared,
+    ) -> Poll<Result<Option<Ctrl>, End>> {
+        let mut scratch = w.scratch.borrow_mut();
+        let l = self.leftover.len();
+        let want = (l + READ_CHUNK).max(self.need);
+        if scratch.len() < want {
+            scratch.resize(want, 0);
+        }
+        let mut rb = ReadBuf::new(&mut scratch[l..]);
+        match Pin::new(&mut self.stream).poll_read(cx, &mut rb) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(End::Io(e.kind()))),
+            Poll::Ready(Ok(())) => {}
+        }
+        let n = rb.filled().len();
+        if n == 0 {
+            return Poll::Ready(Err(End::Eof));
+        }
+        scratch[..l].copy_from_slice(&self.leftover);
+        let filled = l + n;
+        let (used, ctrl) = match self.process(w, &scratch[..filled], now_ns()) {
+            Ok(x) => x,
+            Err(e) => return Poll::Ready(Err(e)),
+        };
+        self.leftover.clear();
+        if used < filled {
+            self.leftover.extend_from_slice(&scratch[used..filled]);
+        } else if self.leftover.capacity() > 4096 {
+            self.leftover = Vec::new();
+        }
+        Poll::Ready(Ok(ctrl))
+    }
+
+    /// Handles the complete frames at the front of `buf`; returns how many
+    /// bytes they took and a control frame to answer, if any.
+    fn process(&mut self, w: &Shared, buf: &[u8], now: u64) -> Result<(usize, Option<Ctrl>), End> {
+        let mut pos = 0;
+        let mut ctrl = None;
+        self.need = 0;
+        loop {
+            let (fin, opcode, hdr, len) = match ws::parse_header(&buf[pos..]) {
+                Header::Incomplete { need } => {
+                    self.need = need;
+                    return Ok((pos, ctrl));
+                }
+                Header::Bad(why) => return Err(End::Protocol(why)),
+                Header::Frame {
+                    fin,
+                    opcode,
+                    hdr,
+                    len,
+                } => (fin, opcode, hdr, len),
+            };
+            let payload = &buf[pos + hdr..pos + hdr + len];
+            pos += hdr + len;
+            match opcode {
+                ws::OP_BINARY | ws::OP_TEXT => {
+                    if self.frag.is_some() {
+                        return Err(End::Protocol("new message inside a fragmented one"));
+                    }
+                    if fin {
+                        self.on_message(w, payload, now);
+                    } else {
+                        self.frag = Some(payload.to_vec());
+                    }
+                }
+                ws::OP_CONT => {
+                    let Some(f) = self.frag.as_mut() else {
+                        return Err(End::Protocol("continuation without a message"));
+                    };
+                    f.extend_from_slice(payload);
+                    if f.len() > ws::MAX_FRAME {
+                        return Err(End::Protocol("message too large"));
+                    }
+                    if fin {
+                        if let Some(m) = self.frag.take() {
+                            self.on_message(w, &m, now);
+                        }
+                    }
+                }
+                ws::OP_PING => {
+                    let mut p = [0u8; 125];
+                    p[..len].copy_from_slice(payload);
+                    ctrl = Some(Ctrl::Pong(p, len));
+                }
+                ws::OP_CLOSE => {
+                    let code = match payload {
+                        [a, b, ..] => u16::from_be_bytes([*a, *b]),
+                        _ => 1005,
+                    };
+                    return Err(End::CloseFrame(code));
+                }
+                _ => {} // pong
+            }
+        }
+    }
+
+    fn on_message(&mut self, w: &Shared, msg: &[u8], now: u64) {
+        if !w.plan.target.herald {
+            // A peer sends the published body as is.
+            self.on_publication(w, None, None, msg, now);
+            return;
+        }
+        // Hot path: [16, topic, seq, payload] read in place.
+        let mut r = Reader::new(msg);
+        if let (Ok(n), Ok(kind)) = (r.read_array_len(), r.read_u64()) {
+            if kind == u64::from(PUBLICATION) {
+                match (n >= 4, r.read_str(), r.read_u64(), r.read_bin()) {
+                    (true, Ok(topic), Ok(seq), Ok(payload)) => {
+                        self.on_publication(w, Some(topic.as_bytes()), Some(seq), payload, now);
+                    }
+                    _ => Shared::bump(&w.unexpected, 1),
+                }
+                return;
+            }
+        }
+        match decode_server_message(msg) {
+            Ok(ServerMessage::Reply { id, seq, .. }) => {
+                let idx = (id as usize).wrapping_sub(1);
+                match self.subs.get_mut(idx) {
+                    Some(s) if !s.acked => {
+                        s.acked = true;
+                        s.last_seq = seq.unwrap_or(0);
+                        self.pending = self.pending.saturating_sub(1);
+                    }
+                    _ => Shared::bump(&w.unexpected, 1),
+                }
+            }
+            Ok(ServerMessage::Error { id, code, .. }) => {
+                if id > 0 && self.pending > 0 {
+                    self.sub_error = Some(code);
+                }
+                Shared::bump(&w.unexpected, 1);
+            }
+            _ => Shared::bump(&w.unexpected, 1),
+        }
+    }
+
+    fn on_publication(
+        &mut self,
+        w: &Shared,
+        topic: Option<&[u8]>,
+        seq: Option<u64>,
+        payload: &[u8],
+        now: u64,
+    ) {
+        let sub = match topic {
+            None => self.subs.first_mut(),
+            Some(t) => self
+                .subs
+                .iter_mut()
+                .find(|s| &*w.names[s.topic as usize] == t),
+        };
+        let Some(sub) = sub else {
+            Shared::bump(&w.unexpected, 1);
+            return;
+        };
+        Shared::bump(&w.received, 1);
+        // Raw peers have no seq: the publisher writes a per-topic index
+        // (from 1) after the timestamp when the payload has room.
+        let seq = seq.or_else(|| {
+            payload
+                .get(8..16)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes)
+        });
+        if let Some(s) = seq {
+            if s <= sub.last_seq {
+                Shared::bump(&w.dups, 1);
+                return;
+            }
+            if s > sub.last_seq + 1 {
+                Shared::bump(&w.gaps, s - sub.last_seq - 1);
+            }
+            sub.last_seq = s;
+        }
+        Shared::bump(&w.unique, 1);
+        if let Some(ts) = payload.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
+            let sent = u64::from_be_bytes(ts);
+            w.hist
+                .borrow_mut()
+                .saturating_record(now.saturating_sub(sent) / 1000);
+        }
+        if w.first_rx.get() == 0 {
+            w.first_rx.set(now);
+        }
+        w.last_rx.set(now);
+    }
+}
+
+async fn establish(w: &Shared, idx: u64) -> Result<Conn, FailCause> {
+    let t = &w.plan.target;
+    let mut topics = Vec::with_capacity(w.topic_plan.per_conn() as usize);
+    w.topic_plan.topics_for(idx, &mut topics);
+    let req = if t.herald {
+        let token = w.token(idx);
+        ws::upgrade_request(&t.host, &t.path, idx, Some("herald.v1"), token.as_deref())
+    } else {
+        let topic = String::from_utf8_lossy(&w.names[topics[0] as usize]).into_owned();
+        let path = format!("{}/sub/{topic}", t.path);
+        ws::upgrade_request(&t.host, &path, idx, None, None)
+    };
+    let src = plan::source_ip(idx, w.plan.source_ips);
+    let mut stream = ws::connect(src, t.addr)
+        .await
+        .map_err(|e| FailCause::from_io(&e))?;
+    stream
+        .write_all(&req)
+        .await
+        .map_err(|e| FailCause::from_io(&e))?;
+    drop(req);
+    let mut head = Vec::new();
+    let h = ws::read_upgrade_answer(&mut stream, &mut head).await?;
+    let m = (idx as u32).wrapping_mul(0x9E37_79B9) | 1;
+    let mut conn = Conn {
+        stream,
+        leftover: head[h..].to_vec(),
+        need: 0,
+        frag: None,
+        subs: topics
+            .iter()
+            .map(|&topic| Sub {
+                topic,
+                last_seq: 0,
+                acked: !t.herald,
+            })
+            .collect(),
+        pending: if t.herald { topics.len() as u32 } else { 0 },
+        sub_error: None,
+        mask: m.to_be_bytes(),
+    };
+    drop(head);
+    if t.herald {
+        let mut out = Vec::with_capacity(32 * topics.len());
+        for (i, &topic) in topics.iter().enumerate() {
+            let name = String::from_utf8_lossy(&w.names[topic as usize]).into_owned();
+            let body = encode_subscribe(i as u32 + 1, &name, None);
+            ws::push_masked_frame(&mut out, ws::OP_BINARY, &body, conn.mask);
+        }
+        conn.stream
+            .write_all(&out)
+            .await
+            .map_err(|e| FailCause::from_io(&e))?;
+        loop {
+            if let Some(code) = conn.sub_error {
+                return Err(FailCause::Subscribe(code));
+            }
+            if conn.pending == 0 {
+                break;
+            }
+            conn.read_once(w).await.map_err(|e| e.as_fail())?;
+        }
+    }
+    Ok(conn)
+}
+
+async fn conn_task(w: Rc<Shared>, idx: u64) {
+    let limit = Duration::from_millis(w.plan.connect_timeout_ms);
+    // Boxed so that its (large) state is freed once the connection is up
+    // instead of sizing every connection's task for it.
+    let mut conn = match Box::pin(tokio::time::timeout(limit, establish(&w, idx))).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(cause)) => return w.fail(cause),
+        Err(_) => return w.fail(FailCause::Timeout),
+    };
+    Shared::bump(&w.connected, 1);
+    Shared::bump(&w.open, 1);
+    w.finish_one();
+    let end = loop {
+        if let Err(e) = conn.read_once(&w).await {
+            break e;
+        }
+        if w.expected > 0 && w.unique.get() >= w.expected {
+            w.all_received.notify_one();
+        }
+    };
+    w.open.set(w.open.get() - 1);
+    if let End::CloseFrame(code) = end {
+        let echo = if code == 1005 { 1000 } else { code };
+        ws::send_close(&mut conn.stream, echo, conn.mask).await;
+    }
+    *w.closes.borrow_mut().entry(end.label()).or_default() += 1;
+}
+
+async fn launch(w: Rc<Shared>) {
+    let start = Instant::now();
+    let rate = w.plan.connect_rate;
+    for i in 0..w.plan.conn_count {
+        if rate > 0.0 {
+            let due = start + Duration::from_secs_f64(i as f64 / rate);
+            if due > Instant::now() {
+                tokio::time::sleep_until(due).await;
+            }
+        }
+        tokio::task::spawn_local(conn_task(w.clone(), w.plan.conn_start + i));
+    }
+}
+
+fn load_tokens(auth: &Auth) -> Result<Vec<String>, String> {
+    match auth {
+        Auth::TokenFile(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| format!("--token-file {}: {e}", p.display()))?;
+            let v: Vec<String> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(String::from)
+                .collect();
+            if v.is_empty() {
+                return Err(format!("--token-file {}: no token in it", p.display()));
+            }
+            Ok(v)
+        }
+        _ => Ok(Vec::new()),
+    }
+}
+
+/// The `worker` subcommand: reads its plan from stdin, runs, reports on
+/// stdout, and exits.
+pub fn main() -> std::process::ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("herald-load worker: runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    let res = local.block_on(&rt, run());
+    if let Err(e) = res {
+        eprintln!("herald-load worker: {e}");
+        let _ = std::io::stdout().flush();
+        // Don't wait for the blocking stdin reader.
+        std::process::exit(1);
+    }
+    let _ = std::io::stdout().flush();
+    std::process::exit(0);
+}
+
+async fn run() -> Result<(), String> {
+    let mut stdin = BufReader::new(tokio::io::stdin());
+    let mut line = String::new();
+    stdin
+        .read_line(&mut line)
+        .await
+        .map_err(|e| format!("reading the plan: {e}"))?;
+    let plan: WorkerPlan =
+        serde_json::from_str(&line).map_err(|e| format!("bad plan on stdin: {e}"))?;
+    let topics = plan.topic_names.len() as u32;
+    let topic_plan = TopicPlan::new(topics, plan.subs_per_conn, plan.dist, plan.seed)?;
+    let expected = match plan.kind {
+        Kind::Fanout => plan::expected_deliveries(
+            &topic_plan,
+            plan.msgs,
+            topics,
+            plan.conn_start..plan.conn_start + plan.conn_count,
+        ),
+        Kind::Idle => 0,
+    };
+    let w = Rc::new(Shared {
+        tokens: load_tokens(&plan.auth)?,
+        names: plan
+            .topic_names
+            .iter()
+            .map(|n| n.as_bytes().into())
+            .collect(),
+        topic_plan,
+        expected,
+        open: Cell::new(0),
+        connected: Cell::new(0),
+        finished: Cell::new(0),
+        failures: RefCell::default(),
+        closes: RefCell::default(),
+        received: Cell::new(0),
+        unique: Cell::new(0),
+        gaps: Cell::new(0),
+        dups: Cell::new(0),
+        unexpected: Cell::new(0),
+        first_rx: Cell::new(0),
+        last_rx: Cell::new(0),
+        hist: RefCell::new(new_histogram()),
+        scratch: RefCell::new(Vec::new()),
+        connect_done: Notify::new(),
+        all_received: Notify::new(),
+        plan,
+    });
+
+    let stop = Rc::new(Notify::new());
+    {
+        let stop = stop.clone();
+        tokio::task::spawn_local(async move {
+            let mut l = String::new();
+            loop {
+                l.clear();
+                match stdin.read_line(&mut l).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) if l.trim() == "stop" => break,
+                    Ok(_) => {}
+                }
+            }
+            stop.notify_one();
+        });
+    }
+    let left_ms = w.plan.deadline_unix_ms.saturating_sub(now_ms());
+    let deadline = Instant::now() + Duration::from_millis(left_ms);
+
+    {
+        let w = w.clone();
+        tokio::task::spawn_local(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                emit(&Event::Progress(Progress {
+                    worker: w.plan.worker,
+                    open: w.open.get(),
+                    connected: w.connected.get(),
+                    received: w.unique.get(),
+                    p99_us: w.p99_us(),
+                }));
+            }
+        });
+    }
+
+    let connect_start_ms = now_ms();
+    if w.plan.conn_count == 0 {
+        w.connect_done.notify_one();
+    }
+    tokio::task::spawn_local(launch(w.clone()));
+    let early = tokio::select! {
+        _ = w.connect_done.notified() => None,
+        _ = stop.notified() => Some("stop"),
+        _ = tokio::time::sleep_until(deadline) => Some("deadline"),
+    };
+    let progress = || {
+        Event::Progress(Progress {
+            worker: w.plan.worker,
+            open: w.open.get(),
+            connected: w.connected.get(),
+            received: w.unique.get(),
+            p99_us: w.p99_us(),
+        })
+    };
+    emit(&progress());
+    emit(&Event::Ready(Ready {
+        worker: w.plan.worker,
+        attempted: w.plan.conn_count,
+        connected: w.connected.get(),
+        failures: w.failures.borrow().clone(),
+        connect_start_ms,
+        connect_end_ms: now_ms(),
+        expected: w.expected,
+    }));
+    let ended_by = match early {
+        Some(e) => e,
+        None if w.plan.kind == Kind::Fanout && w.unique.get() >= w.expected => "complete",
+        None if w.plan.kind == Kind::Fanout => tokio::select! {
+            _ = w.all_received.notified() => "complete",
+            _ = stop.notified() => "stop",
+            _ = tokio::time::sleep_until(deadline) => "deadline",
+        },
+        None => tokio::select! {
+            _ = stop.notified() => "stop",
+            _ = tokio::time::sleep_until(deadline) => "deadline",
+        },
+    };
+    emit(&Event::Result(Box::new(w.result(ended_by))));
+    Ok(())
+}
