@@ -194,8 +194,8 @@ pub struct Timeouts {
     pub pong_timeout_ms: u64,
     pub close_ms: u64,
     pub drain_ms: u64,
-    /// Resolution of each shard's timer wheel; every other timeout is
-    /// rounded up to a multiple of it.
+    /// Resolution of each shard's session timer (pings, pong timeout,
+    /// token expiry are checked once per tick).
     pub tick_ms: u64,
 }
 
@@ -451,8 +451,9 @@ impl Config {
             return invalid("limits.max_connections", "must be at least 1");
         }
         // The upgrade request carries the JWT, which alone is often 1 KiB.
-        if !(1024..=MIB).contains(&lim.max_header_bytes) {
-            return invalid("limits.max_header_bytes", "must be in 1024..=1048576");
+        // hyper's read buffer cannot be smaller than 8 KiB.
+        if !(8192..=MIB).contains(&lim.max_header_bytes) {
+            return invalid("limits.max_header_bytes", "must be in 8192..=1048576");
         }
         // 125 is the largest payload that still fits a control frame, and
         // below it a REFRESH carrying a JWT could never be accepted.

@@ -43,7 +43,7 @@ fn describe() {
     describe_counter!("herald_published_total", "Messages published, by source");
     describe_counter!(
         "herald_delivered_total",
-        "Frames written to subscriber sockets"
+        "Publications handed to open subscriber sessions (written, or queued behind a full socket)"
     );
     describe_counter!("herald_dropped_total", "Frames not delivered, by reason");
     describe_counter!(
@@ -79,7 +79,7 @@ fn describe() {
     describe_histogram!(
         "herald_fanout_seconds",
         Unit::Seconds,
-        "Time a shard spends fanning one message out to its subscribers"
+        "Per message: how long the delivery batch that carried it took on its shard, from dequeue to the last write"
     );
     describe_histogram!(
         "herald_handshake_seconds",

@@ -35,7 +35,8 @@ impl IngestError {
             IngestError::Protocol(e) => Some(e.code),
             IngestError::Token => Some(401),
             IngestError::HelloTimeout => Some(408),
-            IngestError::Closed => Some(503),
+            // The contract has no code for "going away": just close.
+            IngestError::Closed => None,
             IngestError::Io(_) => None,
         }
     }

@@ -189,7 +189,18 @@ async fn run(
             break;
         }
     }
-    // Dropping the LocalSet (on return) drops every task and socket left.
+    // What is still open missed the drain deadline: dropping the LocalSet
+    // (on return) drops its task and socket, so its close is reported here.
+    let left: Vec<Rc<Session>> = shard
+        .st
+        .borrow()
+        .sessions
+        .iter()
+        .map(|(_, s)| s.clone())
+        .collect();
+    for s in left {
+        session::abandon(&shard, &s);
+    }
 }
 
 pub(crate) struct Shard {
@@ -237,11 +248,11 @@ struct Batch {
 impl Batch {
     /// Queues frame `fi` for `s`: linked into the arena while the session's
     /// outbox is empty (the socket keeps up), else behind its outbox so
-    /// order holds. Returns the frames dropped if `s` had to be closed as a
-    /// slow consumer.
-    fn enqueue(&mut self, s: &Rc<Session>, fi: u32, max_outbox: usize) -> usize {
+    /// order holds. Counts the outcome in `acc`.
+    fn enqueue(&mut self, s: &Rc<Session>, fi: u32, max_outbox: usize, acc: &mut WriteAcc) {
         if s.phase.get() != Phase::Open {
-            return 0;
+            acc.dropped_closed += 1;
+            return;
         }
         if !s.out.borrow().is_empty() {
             let over = {
@@ -250,7 +261,8 @@ impl Batch {
                 out.bytes() > max_outbox
             };
             if over {
-                return s.close_slow();
+                acc.dropped_slow += s.close_slow() as u64;
+                return;
             }
         } else {
             let idx = self.arena.len() as u32;
@@ -268,7 +280,7 @@ impl Batch {
         if !s.dirty.replace(true) {
             self.dirty.push(s.clone());
         }
-        0
+        acc.delivered += 1;
     }
 
     fn push_frame(&mut self, frame: Bytes) -> u32 {
@@ -282,7 +294,9 @@ impl Batch {
 struct WriteAcc {
     bytes: u64,
     syscalls: u64,
+    delivered: u64,
     dropped_slow: u64,
+    dropped_closed: u64,
 }
 
 const IOV_MAX: usize = 128;
@@ -350,12 +364,15 @@ impl Shard {
         let max = self.settings.max_outbox;
         let b = &mut st.batch;
         let reply = subscribe_reply_frame(ack.id, ack.seq, &ack.epoch, ack.recovered);
+        // A reply and a replay are not live deliveries: not counted as such.
+        let mut acc = WriteAcc::default();
         let fi = b.push_frame(reply);
-        b.enqueue(&s, fi, max);
+        b.enqueue(&s, fi, max, &mut acc);
         for f in ack.replay {
             let fi = b.push_frame(f);
-            b.enqueue(&s, fi, max);
+            b.enqueue(&s, fi, max, &mut acc);
         }
+        self.m.dropped_slow.increment(acc.dropped_slow);
         s.resolve_ack();
     }
 
@@ -634,7 +651,6 @@ async fn delivery_task(shard: Rc<Shard>, mut rx: mpsc::Receiver<ShardMsg>) {
     while rx.recv_many(&mut inbox, 256).await > 0 {
         let start = Instant::now();
         let mut acc = WriteAcc::default();
-        let mut delivered: u64 = 0;
         {
             let mut st = shard.st.borrow_mut();
             let st = &mut *st;
@@ -650,9 +666,8 @@ async fn delivery_task(shard: Rc<Shard>, mut rx: mpsc::Receiver<ShardMsg>) {
                         let fi = batch.push_frame(frame);
                         batch.at.push(at);
                         for s in list {
-                            acc.dropped_slow += batch.enqueue(s, fi, max_outbox) as u64;
+                            batch.enqueue(s, fi, max_outbox, &mut acc);
                         }
-                        delivered += list.len() as u64;
                     }
                     ShardMsg::Subscribed(ack) => shard.activate(st, *ack),
                     ShardMsg::Barrier(token) => barriers.push(token),
@@ -691,9 +706,12 @@ async fn delivery_task(shard: Rc<Shard>, mut rx: mpsc::Receiver<ShardMsg>) {
                 shard.m.fanout.record(fan);
             }
         }
-        if delivered > 0 {
-            delivered_total += delivered;
-            shard.m.delivered.increment(delivered);
+        if acc.dropped_closed > 0 {
+            shard.m.dropped_closed.increment(acc.dropped_closed);
+        }
+        if acc.delivered > 0 {
+            delivered_total += acc.delivered;
+            shard.m.delivered.increment(acc.delivered);
             shard
                 .stats()
                 .delivered

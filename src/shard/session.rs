@@ -350,6 +350,21 @@ pub(crate) async fn run(shard: Rc<Shard>, s: Rc<Session>, leftover: Bytes) {
     Box::pin(finish(&shard, &s)).await;
 }
 
+/// Reports a session the shard drops without its task finishing (the drain
+/// deadline passed), so `Handler::on_close` still runs once for it.
+pub(crate) fn abandon(shard: &Shard, s: &Session) {
+    if s.phase.get() == Phase::Open {
+        s.close_code.set(1006);
+        m::close(1006);
+    }
+    s.phase.set(Phase::Closed);
+    let claims = s.claims.borrow();
+    shard
+        .shared
+        .handler
+        .on_close(&info(shard, s, &claims), s.close_code.get());
+}
+
 /// Resolves when the closing deadline passes; never without one.
 async fn expire(deadline: &mut Option<Pin<Box<Sleep>>>) {
     match deadline {
