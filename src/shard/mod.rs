@@ -42,7 +42,7 @@ use crate::http::{Accepted, Gate};
 use crate::hub::{HomeMsg, HomeState, Hub, SessionKey, ShardInboxes, ShardMsg, SubscribeAck};
 use crate::metrics::{self as m, ShardMetrics};
 use crate::wire::client::subscribe_reply_frame;
-use session::{Phase, Session, SubSlot};
+use session::{Phase, ReadyQueue, Session, SubSlot};
 
 /// Process-wide state every shard reads.
 pub struct Shared {
@@ -174,6 +174,7 @@ async fn run(
         settings,
         st: RefCell::new(State::default()),
         m: ShardMetrics::new(id),
+        ready: Arc::new(ReadyQueue::default()),
     });
     match TcpListener::from_std(listener) {
         Ok(l) => {
@@ -184,6 +185,7 @@ async fn run(
     spawn_local(home_task(shard.clone(), inboxes.home));
     spawn_local(delivery_task(shard.clone(), inboxes.delivery));
     spawn_local(ticker(shard.clone()));
+    spawn_local(reactor(shard.clone()));
     while *lifecycle.borrow_and_update() != Lifecycle::Exit {
         if lifecycle.changed().await.is_err() {
             break;
@@ -209,6 +211,8 @@ pub(crate) struct Shard {
     settings: Settings,
     st: RefCell<State>,
     m: ShardMetrics,
+    /// Sessions whose socket (or someone) asked for attention.
+    ready: Arc<ReadyQueue>,
 }
 
 const NONE: u32 = u32::MAX;
@@ -309,7 +313,7 @@ impl Shard {
     fn start_session(
         self: &Rc<Self>,
         stream: TcpStream,
-        leftover: Bytes,
+        leftover: Vec<u8>,
         acc: Accepted,
         peer: SocketAddr,
     ) {
@@ -322,17 +326,39 @@ impl Shard {
             slot: entry.key() as u32,
             generation,
         };
-        let s = Rc::new(Session::new(key, id, peer, stream, acc));
+        let s = Rc::new(Session::new(
+            key,
+            id,
+            peer,
+            stream,
+            acc,
+            self.ready.clone(),
+            &self.settings,
+            leftover,
+        ));
         entry.insert(s.clone());
         let n = st.sessions.len();
-        if st.draining {
-            // Upgraded while the drain order went out: same fate as the rest.
-            s.close(1001, "going away");
-        }
+        let draining = st.draining;
         drop(st);
         self.stats().connections.store(n as u64, Ordering::Relaxed);
         self.m.connections.set(n as f64);
-        spawn_local(session::run(self.clone(), s, leftover));
+        let opened = {
+            let claims = s.claims.borrow();
+            self.shared.handler.on_open(&crate::handler::SessionInfo {
+                id,
+                shard: self.id,
+                peer,
+                claims: &claims,
+            })
+        };
+        if let Err(rej) = opened {
+            s.close(1008, &rej.message);
+        } else if draining {
+            // Upgraded while the drain order went out: same fate as the rest.
+            s.close(1001, "going away");
+        }
+        // First drive: registers the socket's readiness, parses leftovers.
+        s.schedule();
     }
 
     fn session(st: &State, key: SessionKey) -> Option<&Rc<Session>> {
@@ -348,7 +374,7 @@ impl Shard {
         };
         if s.phase.get() != Phase::Open {
             self.release_interest(ack.topic);
-            s.resolve_ack();
+            s.resume();
             return;
         }
         let list = st.topics.entry(ack.topic.clone()).or_default();
@@ -373,7 +399,7 @@ impl Shard {
             b.enqueue(&s, fi, max, &mut acc);
         }
         self.m.dropped_slow.increment(acc.dropped_slow);
-        s.resolve_ack();
+        s.resume();
     }
 
     fn publish_sub_counts(&self, st: &State) {
@@ -524,6 +550,14 @@ impl Shard {
         let unix = crate::auth::token::now_unix();
         let st = self.st.borrow();
         for (_, s) in st.sessions.iter() {
+            if s.phase.get() == Phase::Closing {
+                if s.close_deadline.get().is_some_and(|d| now >= d) {
+                    // The peer never answered our close: drop it.
+                    s.phase.set(Phase::Closed);
+                    s.schedule();
+                }
+                continue;
+            }
             if s.phase.get() != Phase::Open {
                 continue;
             }
@@ -544,6 +578,21 @@ impl Shard {
                     self.send(s, crate::wire::ws::ping_frame());
                 }
                 _ => {}
+            }
+        }
+    }
+}
+
+/// Drives the sessions that are ready, in the order they became ready.
+async fn reactor(shard: Rc<Shard>) {
+    let mut keys = Vec::new();
+    loop {
+        shard.ready.notify.notified().await;
+        shard.ready.take(&mut keys);
+        for key in keys.drain(..) {
+            let s = Shard::session(&shard.st.borrow(), key).cloned();
+            if let Some(s) = s {
+                session::drive(&shard, &s);
             }
         }
     }
@@ -829,7 +878,7 @@ fn on_request(
             Ok(parts) => {
                 // Copy what the client sent after its request, so hyper's
                 // read buffer is freed now rather than pinned by the session.
-                let leftover = Bytes::copy_from_slice(&parts.read_buf);
+                let leftover = parts.read_buf.to_vec();
                 drop(parts.read_buf);
                 shard2.start_session(parts.io.into_inner(), leftover, accepted, peer);
             }

@@ -1,21 +1,27 @@
 //! One WebSocket connection after the 101: its state, its writes, and the
-//! task that reads its frames and answers its requests.
+//! state machine that reads its frames and answers its requests.
 //!
-//! Idle costs little: no read buffer is kept between messages, the outbox
-//! is empty, and timers are the shard's, not the session's.
+//! A session has no task of its own. Its socket's readiness wakes a
+//! [`SlotWaker`] that queues the session's key for the shard's reactor,
+//! which then calls [`drive`]. The rare requests that must wait for another
+//! shard (SUBSCRIBE, PUBLISH) park the session (`pending`) and hand the wait
+//! to a short-lived task. So an idle session is its struct, its socket and
+//! one small waker: no task, no read buffer, no outbox, no timer.
 
 use std::cell::{Cell, RefCell};
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Instant;
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 use tokio::net::TcpStream;
-use tokio::sync::{oneshot, Notify};
-use tokio::time::Sleep;
+use tokio::sync::Notify;
+use tokio::task::spawn_local;
 
 use super::outbox::Outbox;
 use super::{Shard, WriteAcc, IOV_MAX, NONE};
@@ -33,7 +39,7 @@ pub(crate) enum Phase {
     Open,
     /// Our close frame is queued; waiting for it to drain and for the peer.
     Closing,
-    /// Gone: the task cleans up and drops the socket.
+    /// Gone: the reactor cleans up and drops the socket.
     Closed,
 }
 
@@ -53,30 +59,81 @@ pub(crate) struct Session {
     pub subs: RefCell<Vec<SubSlot>>,
     pub phase: Cell<Phase>,
     pub close_code: Cell<u16>,
-    /// The socket refused bytes; the session task waits for writability.
+    /// The socket refused bytes; the reactor waits for writability.
     pub want_write: Cell<bool>,
     /// In the shard's dirty list for the current batch.
     pub dirty: Cell<bool>,
     /// This batch's frames for this session, as a list in the shard arena.
     pub head: Cell<u32>,
     pub tail: Cell<u32>,
-    pub wake: Notify,
+    waker: Arc<SlotWaker>,
     pub last_seen: Cell<Instant>,
     pub ping_sent: Cell<Option<Instant>>,
-    pending_ack: RefCell<Option<oneshot::Sender<()>>>,
+    /// A request is waiting for another shard; input stays unread.
+    pending: Cell<bool>,
     /// Why the transport broke, for `Handler::on_transport_error`.
     transport_error: Cell<Option<TransportError>>,
+    // What a reading task would have kept on its stack.
+    decoder: RefCell<Decoder>,
+    /// Unparsed input; empty (no allocation) between messages.
+    rbuf: RefCell<Vec<u8>>,
+    bucket: Cell<Option<TokenBucket>>,
+    strikes: Cell<u32>,
+    peer_closed: Cell<bool>,
+    half_closed: Cell<bool>,
+    pub close_deadline: Cell<Option<Instant>>,
     _permit: ConnPermit,
 }
 
+/// The shard's queue of sessions to drive. Wakers are `Send + Sync` by
+/// contract, hence the mutex; it is only ever taken on the shard's thread.
+#[derive(Default)]
+pub(crate) struct ReadyQueue {
+    keys: Mutex<Vec<SessionKey>>,
+    pub notify: Notify,
+}
+
+impl ReadyQueue {
+    /// Swaps the queued keys into `into` (which must be empty).
+    pub fn take(&self, into: &mut Vec<SessionKey>) {
+        std::mem::swap(&mut *self.keys.lock(), into);
+    }
+}
+
+/// A session's waker: registered with its socket's readiness, it queues the
+/// session for the reactor (once, until driven).
+pub(crate) struct SlotWaker {
+    key: SessionKey,
+    queued: AtomicBool,
+    queue: Arc<ReadyQueue>,
+}
+
+impl Wake for SlotWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if !self.queued.swap(true, Ordering::AcqRel) {
+            self.queue.keys.lock().push(self.key);
+            self.queue.notify.notify_one();
+        }
+    }
+}
+
 impl Session {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         key: SessionKey,
         id: u64,
         peer: SocketAddr,
         stream: TcpStream,
         acc: Accepted,
+        queue: Arc<ReadyQueue>,
+        set: &super::Settings,
+        leftover: Vec<u8>,
     ) -> Self {
+        let now = Instant::now();
         Session {
             key,
             id,
@@ -91,25 +148,44 @@ impl Session {
             dirty: Cell::new(false),
             head: Cell::new(NONE),
             tail: Cell::new(NONE),
-            wake: Notify::new(),
-            last_seen: Cell::new(Instant::now()),
+            waker: Arc::new(SlotWaker {
+                key,
+                queued: AtomicBool::new(false),
+                queue,
+            }),
+            last_seen: Cell::new(now),
             ping_sent: Cell::new(None),
-            pending_ack: RefCell::new(None),
+            pending: Cell::new(false),
             transport_error: Cell::new(None),
+            decoder: RefCell::new(Decoder::new(set.max_message)),
+            rbuf: RefCell::new(leftover),
+            bucket: Cell::new(
+                (set.msgs_per_s > 0).then(|| TokenBucket::new(set.msgs_per_s, set.burst, now)),
+            ),
+            strikes: Cell::new(0),
+            peer_closed: Cell::new(false),
+            half_closed: Cell::new(false),
+            close_deadline: Cell::new(None),
             _permit: acc.permit,
         }
     }
 
-    pub fn resolve_ack(&self) {
-        if let Some(tx) = self.pending_ack.borrow_mut().take() {
-            let _ = tx.send(());
+    /// Queues this session for the reactor.
+    pub fn schedule(&self) {
+        self.waker.wake_by_ref();
+    }
+
+    /// The awaited answer came: resume reading.
+    pub fn resume(&self) {
+        if self.pending.replace(false) {
+            self.schedule();
         }
     }
 
     /// The socket is full: let the session task wait for it.
     pub fn block(&self) {
         if !self.want_write.replace(true) {
-            self.wake.notify_one();
+            self.schedule();
         }
     }
 
@@ -152,8 +228,8 @@ impl Session {
             }
         }
         if self.phase.get() == Phase::Closing {
-            // Our close frame is out: the task can half-close.
-            self.wake.notify_one();
+            // Our close frame is out: the reactor can half-close.
+            self.schedule();
         }
     }
 
@@ -204,9 +280,9 @@ impl Session {
         self.close_code.set(code);
         m::close(code);
         self.out.borrow_mut().push(ws::close_frame(code, reason));
-        // The task writes it: closes come from contexts (the delivery batch,
-        // the ticker) that must not write out of order with the batch.
-        self.wake.notify_one();
+        // The reactor writes it: closes come from contexts (the delivery
+        // batch, the ticker) that must not write out of order with a batch.
+        self.schedule();
     }
 
     /// Closes a subscriber that cannot keep up (4008), dropping what it has
@@ -240,7 +316,7 @@ impl Session {
         }
         self.phase.set(Phase::Closed);
         self.transport_error.set(Some(why));
-        self.wake.notify_one();
+        self.schedule();
     }
 }
 
@@ -266,118 +342,94 @@ enum Action {
     },
 }
 
-/// Per-session state only the session task touches; lives in the task's
-/// future, not in the shared `Session`.
-struct Reader {
-    decoder: Decoder,
-    rbuf: Vec<u8>,
-    bucket: Option<TokenBucket>,
-    strikes: u32,
-    peer_closed: bool,
-}
-
+/// Reads at most this many times per drive, so one busy client cannot
+/// starve the others on its shard.
+const READ_BUDGET: usize = 4;
 const READ_CHUNK: usize = 4096;
 
-pub(crate) async fn run(shard: Rc<Shard>, s: Rc<Session>, leftover: Bytes) {
-    let set = &shard.settings;
-    let mut r = Reader {
-        decoder: Decoder::new(set.max_message),
-        rbuf: leftover.to_vec(),
-        bucket: (set.msgs_per_s > 0)
-            .then(|| TokenBucket::new(set.msgs_per_s, set.burst, Instant::now())),
-        strikes: 0,
-        peer_closed: false,
-    };
-    let handler = shard.shared.handler.clone();
-    let opened = {
-        let claims = s.claims.borrow();
-        handler.on_open(&info(&shard, &s, &claims))
-    };
-    if let Err(rej) = opened {
-        s.close(1008, &rej.message);
-    } else if !r.rbuf.is_empty() {
-        process(&shard, &s, &mut r).await;
-    }
-    let mut deadline: Option<Pin<Box<Sleep>>> = None;
-    let mut half_closed = false;
+/// Advances a session as far as it can go without waiting: writes what is
+/// queued, reads and answers what arrived, closes or cleans up; then leaves
+/// its waker registered for whatever it waits for next.
+pub(crate) fn drive(shard: &Rc<Shard>, s: &Rc<Session>) {
+    s.waker.queued.store(false, Ordering::Release);
+    let waker = Waker::from(s.waker.clone());
+    let mut cx = Context::from_waker(&waker);
+    let mut reads = 0;
+    // Input parked while a request waited is parsed before reading more.
+    let mut parse_first = !s.rbuf.borrow().is_empty();
     loop {
         match s.phase.get() {
-            Phase::Closed => break,
+            Phase::Closed => return finish(shard, s),
             Phase::Closing => {
-                if deadline.is_none() {
-                    deadline = Some(Box::pin(tokio::time::sleep(set.close)));
+                if s.close_deadline.get().is_none() {
+                    s.close_deadline
+                        .set(Some(Instant::now() + shard.settings.close));
                 }
                 if s.out.borrow().is_empty() && !s.want_write.get() {
-                    if !half_closed {
-                        half_closed = true;
+                    if !s.half_closed.replace(true) {
                         let _ =
                             socket2::SockRef::from(&s.stream).shutdown(std::net::Shutdown::Write);
                     }
-                    if r.peer_closed {
-                        break;
+                    if s.peer_closed.get() {
+                        return finish(shard, s);
                     }
                 }
             }
             Phase::Open => {}
+        }
+        if s.want_write.get() {
+            match s.stream.poll_write_ready(&mut cx) {
+                Poll::Ready(Ok(())) => s.want_write.set(false),
+                Poll::Ready(Err(e)) => {
+                    s.fail(e.kind());
+                    continue;
+                }
+                Poll::Pending => {}
+            }
         }
         if !s.want_write.get() && !s.out.borrow().is_empty() {
             let mut acc = WriteAcc::default();
             s.write_outbox(&mut acc);
             shard.m.bytes_out.increment(acc.bytes);
             shard.m.write_syscalls.increment(acc.syscalls);
-            if s.out.borrow().is_empty() || s.want_write.get() || s.phase.get() == Phase::Closed {
+            if s.phase.get() != Phase::Open && s.out.borrow().is_empty() {
+                // Closed, or the close frame just went out: re-evaluate.
                 continue;
             }
         }
-        tokio::select! {
-            biased;
-            _ = s.wake.notified() => {}
-            w = s.stream.writable(), if s.want_write.get() => {
-                s.want_write.set(false);
-                if let Err(e) = w {
-                    s.fail(e.kind());
-                }
+        if s.pending.get() || s.peer_closed.get() {
+            return;
+        }
+        if parse_first {
+            parse_first = false;
+            process(shard, s);
+            continue;
+        }
+        if reads == READ_BUDGET {
+            // Still readable, but let the others have a turn.
+            s.schedule();
+            return;
+        }
+        match s.stream.poll_read_ready(&mut cx) {
+            Poll::Ready(Ok(())) => {
+                reads += 1;
+                read(shard, s);
             }
-            rd = s.stream.readable(), if !r.peer_closed => {
-                match rd {
-                    Ok(()) => read(&shard, &s, &mut r).await,
-                    Err(e) => s.fail(e.kind()),
-                }
-            }
-            _ = expire(&mut deadline), if deadline.is_some() => break,
+            Poll::Ready(Err(e)) => s.fail(e.kind()),
+            Poll::Pending => return,
         }
     }
-    Box::pin(finish(&shard, &s)).await;
 }
 
-/// Reports a session the shard drops without its task finishing (the drain
-/// deadline passed), so `Handler::on_close` still runs once for it.
-pub(crate) fn abandon(shard: &Shard, s: &Session) {
-    if s.phase.get() == Phase::Open {
-        s.close_code.set(1006);
-        m::close(1006);
-    }
-    s.phase.set(Phase::Closed);
-    let claims = s.claims.borrow();
-    shard
-        .shared
-        .handler
-        .on_close(&info(shard, s, &claims), s.close_code.get());
-}
-
-/// Resolves when the closing deadline passes; never without one.
-async fn expire(deadline: &mut Option<Pin<Box<Sleep>>>) {
-    match deadline {
-        Some(d) => d.await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn read(shard: &Rc<Shard>, s: &Rc<Session>, r: &mut Reader) {
-    r.rbuf.reserve(READ_CHUNK);
-    match s.stream.try_read_buf(&mut r.rbuf) {
+fn read(shard: &Rc<Shard>, s: &Rc<Session>) {
+    let result = {
+        let mut rbuf = s.rbuf.borrow_mut();
+        rbuf.reserve(READ_CHUNK);
+        s.stream.try_read_buf(&mut *rbuf)
+    };
+    match result {
         Ok(0) => {
-            r.peer_closed = true;
+            s.peer_closed.set(true);
             if s.phase.get() == Phase::Open {
                 // Gone without a close frame.
                 s.kill(TransportError::Io(io::ErrorKind::UnexpectedEof));
@@ -386,48 +438,49 @@ async fn read(shard: &Rc<Shard>, s: &Rc<Session>, r: &mut Reader) {
         Ok(_) => {
             s.last_seen.set(Instant::now());
             s.ping_sent.set(None);
-            process(shard, s, r).await;
+            process(shard, s);
         }
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
         Err(e) => s.fail(e.kind()),
     }
-    if r.rbuf.is_empty() {
+    let mut rbuf = s.rbuf.borrow_mut();
+    if rbuf.is_empty() {
         // An idle connection holds no read buffer.
-        r.rbuf = Vec::new();
+        *rbuf = Vec::new();
     }
 }
 
-/// Decodes and handles every complete frame in the read buffer.
-async fn process(shard: &Rc<Shard>, s: &Rc<Session>, r: &mut Reader) {
+/// Decodes and handles complete frames until the input runs out or a
+/// request must wait; what is left stays in `rbuf`.
+fn process(shard: &Rc<Shard>, s: &Rc<Session>) {
+    // Taken out so handling a frame can never meet a borrowed buffer.
+    let mut rbuf = std::mem::take(&mut *s.rbuf.borrow_mut());
     let mut pos = 0;
-    while pos < r.rbuf.len() && s.phase.get() != Phase::Closed {
-        let (action, used) = match r.decoder.decode(&mut r.rbuf[pos..]) {
-            Ok(None) => break,
-            Ok(Some((None, used))) => (Action::None, used),
-            Ok(Some((Some(ev), used))) => {
-                let a = classify(shard, s, ev, &mut r.bucket, &mut r.strikes);
-                (a, used)
-            }
-            Err(e) => {
-                report(
-                    shard,
-                    s,
-                    TransportError::Protocol {
-                        code: e.code,
-                        reason: e.reason,
-                    },
-                );
-                (Action::Close(e.code, e.reason), r.rbuf.len() - pos)
+    while pos < rbuf.len() && s.phase.get() != Phase::Closed && !s.pending.get() {
+        let (action, used) = {
+            let mut decoder = s.decoder.borrow_mut();
+            match decoder.decode(&mut rbuf[pos..]) {
+                Ok(None) => break,
+                Ok(Some((None, used))) => (Action::None, used),
+                Ok(Some((Some(ev), used))) => (classify(shard, s, ev), used),
+                Err(e) => {
+                    report(
+                        shard,
+                        s,
+                        TransportError::Protocol {
+                            code: e.code,
+                            reason: e.reason,
+                        },
+                    );
+                    (Action::Close(e.code, e.reason), rbuf.len() - pos)
+                }
             }
         };
         pos += used;
-        if let Some(pending) = act_now(shard, s, r, action) {
-            // Boxed: the rare awaiting requests must not size every idle
-            // session's task.
-            Box::pin(act_async(shard, s, pending)).await;
-        }
+        act(shard, s, action);
     }
-    r.rbuf.drain(..pos);
+    rbuf.drain(..pos);
+    *s.rbuf.borrow_mut() = rbuf;
 }
 
 fn report(shard: &Shard, s: &Session, err: TransportError) {
@@ -454,13 +507,7 @@ fn error(id: u32, code: u16, message: &str) -> Action {
 
 /// The synchronous part of handling a frame: every check that needs no
 /// other task. Returns what is left to do.
-fn classify(
-    shard: &Shard,
-    s: &Session,
-    ev: Event<'_>,
-    bucket: &mut Option<TokenBucket>,
-    strikes: &mut u32,
-) -> Action {
+fn classify(shard: &Shard, s: &Session, ev: Event<'_>) -> Action {
     if s.phase.get() != Phase::Open {
         // Closing: only the peer's close frame still matters.
         return match ev {
@@ -468,11 +515,16 @@ fn classify(
             _ => Action::None,
         };
     }
-    let limited = matches!(ev, Event::Binary(_) | Event::Ping(_))
-        && bucket.as_mut().is_some_and(|b| !b.take(Instant::now()));
+    let limited = matches!(ev, Event::Binary(_) | Event::Ping(_)) && {
+        let mut bucket = s.bucket.get();
+        let empty = bucket.as_mut().is_some_and(|b| !b.take(Instant::now()));
+        s.bucket.set(bucket);
+        empty
+    };
     if limited {
-        *strikes += 1;
-        if *strikes > shard.settings.strikes {
+        let strikes = s.strikes.get() + 1;
+        s.strikes.set(strikes);
+        if strikes > shard.settings.strikes {
             return Action::Close(4029, "rate limited");
         }
     }
@@ -563,29 +615,22 @@ fn refresh(shard: &Shard, s: &Session, id: u32, token: &str) -> Action {
     }
 }
 
-/// Does what needs no waiting; returns the action if it must await.
-fn act_now(shard: &Rc<Shard>, s: &Rc<Session>, r: &mut Reader, action: Action) -> Option<Action> {
+fn act(shard: &Rc<Shard>, s: &Rc<Session>, action: Action) {
     match action {
         Action::None => {}
         Action::Send(frame) => shard.send(s, frame),
         Action::Close(code, reason) => s.close(code, reason),
         Action::PeerClose(code) => {
-            r.peer_closed = true;
+            s.peer_closed.set(true);
             if s.phase.get() == Phase::Open {
                 // Echo the peer's code, as RFC 6455 §5.5.1 suggests.
                 s.close(code.unwrap_or(1000), "");
             }
         }
-        a => return Some(a),
-    }
-    None
-}
-
-async fn act_async(shard: &Rc<Shard>, s: &Rc<Session>, action: Action) {
-    match action {
         Action::Subscribe { id, topic, recover } => {
-            let (tx, rx) = oneshot::channel();
-            *s.pending_ack.borrow_mut() = Some(tx);
+            // The delivery task sends the REPLY (in order with the topic's
+            // deliveries) and then resumes us: requests stay in order.
+            s.pending.set(true);
             let msg = HomeMsg::Subscribe {
                 topic: topic.clone(),
                 shard: shard.id,
@@ -593,19 +638,10 @@ async fn act_async(shard: &Rc<Shard>, s: &Rc<Session>, action: Action) {
                 id,
                 recover,
             };
-            if shard
-                .shared
-                .hub
-                .home_sender(&topic)
-                .send(msg)
-                .await
-                .is_err()
-            {
-                return;
-            }
-            // The delivery task sends the REPLY (in order with the topic's
-            // deliveries) and then wakes us; requests stay in order.
-            let _ = rx.await;
+            let tx = shard.shared.hub.home_sender(&topic).clone();
+            spawn_local(async move {
+                let _ = tx.send(msg).await;
+            });
         }
         Action::Unsubscribe { id, topic } => {
             let removed = {
@@ -614,11 +650,7 @@ async fn act_async(shard: &Rc<Shard>, s: &Rc<Session>, action: Action) {
             };
             if removed {
                 shard.send(s, client::reply_frame(id));
-                let msg = HomeMsg::Unsubscribe {
-                    topic: topic.clone(),
-                    shard: shard.id,
-                };
-                let _ = shard.shared.hub.home_sender(&topic).send(msg).await;
+                shard.release_interest(topic);
             } else {
                 m::client_error(409);
                 shard.send(s, client::error_frame(id, 409, "not subscribed"));
@@ -626,30 +658,37 @@ async fn act_async(shard: &Rc<Shard>, s: &Rc<Session>, action: Action) {
         }
         Action::Publish { id, topic, payload } => {
             shard.m.published_client.increment(1);
-            match shard.shared.hub.publish(topic, payload).await {
-                Ok(seq) => shard.send(s, client::publish_reply_frame(id, seq)),
-                Err(_) => {
-                    m::client_error(500);
-                    shard.send(s, client::error_frame(id, 500, "shutting down"));
-                }
-            }
+            s.pending.set(true);
+            let (shard, s) = (shard.clone(), s.clone());
+            spawn_local(async move {
+                let frame = match shard.shared.hub.publish(topic, payload).await {
+                    Ok(seq) => client::publish_reply_frame(id, seq),
+                    Err(_) => {
+                        m::client_error(500);
+                        client::error_frame(id, 500, "shutting down")
+                    }
+                };
+                shard.send(&s, frame);
+                s.resume();
+            });
         }
-        Action::None | Action::Send(_) | Action::Close(..) | Action::PeerClose(_) => {}
     }
 }
 
 /// Leaves the shard's tables and tells the homes; runs once per session.
-async fn finish(shard: &Rc<Shard>, s: &Rc<Session>) {
+fn finish(shard: &Rc<Shard>, s: &Rc<Session>) {
     s.phase.set(Phase::Closed);
     let topics: Vec<Arc<str>> = s.subs.borrow().iter().map(|x| x.topic.clone()).collect();
     let remaining = {
         let mut st = shard.st.borrow_mut();
+        if Shard::session(&st, s.key).is_none() {
+            // Finished already: a wake-up can follow the last one.
+            return;
+        }
         for t in &topics {
             shard.remove_sub(&mut st, s, t);
         }
-        if Shard::session(&st, s.key).is_some() {
-            st.sessions.remove(s.key.slot as usize);
-        }
+        st.sessions.remove(s.key.slot as usize);
         st.sessions.len()
     };
     shard
@@ -668,10 +707,21 @@ async fn finish(shard: &Rc<Shard>, s: &Rc<Session>) {
             .on_close(&info(shard, s, &claims), s.close_code.get());
     }
     for t in topics {
-        let msg = HomeMsg::Unsubscribe {
-            topic: t.clone(),
-            shard: shard.id,
-        };
-        let _ = shard.shared.hub.home_sender(&t).send(msg).await;
+        shard.release_interest(t);
     }
+}
+
+/// Reports a session the shard drops unfinished (the drain deadline
+/// passed), so `Handler::on_close` still runs once for it.
+pub(crate) fn abandon(shard: &Shard, s: &Session) {
+    if s.phase.get() == Phase::Open {
+        s.close_code.set(1006);
+        m::close(1006);
+    }
+    s.phase.set(Phase::Closed);
+    let claims = s.claims.borrow();
+    shard
+        .shared
+        .handler
+        .on_close(&info(shard, s, &claims), s.close_code.get());
 }
