@@ -11,7 +11,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,21 +23,26 @@ struct Counting;
 
 static COUNTING: AtomicBool = AtomicBool::new(false);
 static ALLOCS: AtomicU64 = AtomicU64::new(0);
+/// Bytes currently allocated, process-wide (requested sizes).
+static LIVE: AtomicI64 = AtomicI64::new(0);
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
         if COUNTING.load(Ordering::Relaxed) {
             ALLOCS.fetch_add(1, Ordering::Relaxed);
         }
+        LIVE.fetch_add(l.size() as i64, Ordering::Relaxed);
         unsafe { System.alloc(l) }
     }
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        LIVE.fetch_sub(l.size() as i64, Ordering::Relaxed);
         unsafe { System.dealloc(p, l) }
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
         if COUNTING.load(Ordering::Relaxed) {
             ALLOCS.fetch_add(1, Ordering::Relaxed);
         }
+        LIVE.fetch_add(n as i64 - l.size() as i64, Ordering::Relaxed);
         unsafe { System.realloc(p, l, n) }
     }
 }
@@ -192,5 +197,45 @@ fn delivery_allocates_nothing_per_subscriber() {
         median < 0.01,
         "{median} allocations per delivery per subscriber (median of 3 rounds)"
     );
+    rt.block_on(server.shutdown());
+}
+
+/// The heap an idle subscribed session keeps, measured exactly (requested
+/// bytes, so without the allocator's own rounding and headers): what the
+/// gateway's per-connection memory is made of, minus the kernel's socket.
+#[test]
+fn an_idle_subscribed_session_keeps_little_heap() {
+    let mut cfg = Config::default();
+    cfg.listen.ws = "127.0.0.1:0".parse().unwrap();
+    cfg.listen.ingest = "127.0.0.1:0".parse().unwrap();
+    cfg.listen.admin = "127.0.0.1:0".parse().unwrap();
+    cfg.auth.hs256_secret = SECRET.into();
+    cfg.shards.count = 2;
+    let server = herald::Server::start(cfg, Arc::new(herald::LogHandler)).unwrap();
+    // Warm-up: the topic, the shard tables and the runtimes' first growth.
+    let warm: Vec<TcpStream> = (0..64)
+        .map(|_| subscriber(server.ws_addr(), "idle.t"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    const N: usize = 1000;
+    let before = LIVE.load(Ordering::Relaxed);
+    let socks: Vec<TcpStream> = (0..N)
+        .map(|_| subscriber(server.ws_addr(), "idle.t"))
+        .collect();
+    // Handshake leftovers (hyper's connection, the upgrade) are freed once
+    // each connection's short-lived tasks end.
+    std::thread::sleep(Duration::from_millis(500));
+    let after = LIVE.load(Ordering::Relaxed);
+    // The client side keeps `socks` (a Vec of fds) and nothing per socket.
+    let client = (N * std::mem::size_of::<TcpStream>()) as i64;
+    let per_conn = (after - before - client) as f64 / N as f64;
+    eprintln!("heap per idle subscribed session: {per_conn:.0} bytes");
+    assert!(per_conn < 1024.0, "{per_conn} heap bytes per idle session");
+    drop(socks);
+    drop(warm);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(server.shutdown());
 }

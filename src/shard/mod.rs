@@ -175,6 +175,7 @@ async fn run(
         st: RefCell::new(State::default()),
         m: ShardMetrics::new(id),
         ready: Arc::new(ReadyQueue::default()),
+        epoch: Instant::now(),
     });
     match TcpListener::from_std(listener) {
         Ok(l) => {
@@ -213,6 +214,7 @@ pub(crate) struct Shard {
     m: ShardMetrics,
     /// Sessions whose socket (or someone) asked for attention.
     ready: Arc<ReadyQueue>,
+    epoch: Instant,
 }
 
 const NONE: u32 = u32::MAX;
@@ -335,6 +337,7 @@ impl Shard {
             self.ready.clone(),
             &self.settings,
             leftover,
+            self.now_ms(),
         ));
         entry.insert(s.clone());
         let n = st.sessions.len();
@@ -546,12 +549,20 @@ impl Shard {
         self.m.dropped_slow.increment(acc.dropped_slow);
     }
 
-    fn tick(&self, now: Instant) {
+    /// The shard's clock in milliseconds, starting at 1 (0 means "none").
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
+
+    fn tick(&self) {
+        let now = self.now_ms();
+        let pong_timeout = self.settings.pong_timeout.as_millis() as u64;
+        let ping_interval = self.settings.ping_interval.as_millis() as u64;
         let unix = crate::auth::token::now_unix();
         let st = self.st.borrow();
         for (_, s) in st.sessions.iter() {
             if s.phase.get() == Phase::Closing {
-                if s.close_deadline.get().is_some_and(|d| now >= d) {
+                if s.close_deadline.get() != 0 && now >= s.close_deadline.get() {
                     // The peer never answered our close: drop it.
                     s.phase.set(Phase::Closed);
                     s.schedule();
@@ -567,17 +578,14 @@ impl Shard {
                 s.close(4001, "token expired");
                 continue;
             }
-            match s.ping_sent.get() {
-                Some(t) if now.saturating_duration_since(t) >= self.settings.pong_timeout => {
+            let sent = s.ping_sent.get();
+            if sent != 0 {
+                if now.saturating_sub(sent) >= pong_timeout {
                     s.kill(crate::handler::TransportError::PingTimeout);
                 }
-                None if now.saturating_duration_since(s.last_seen.get())
-                    >= self.settings.ping_interval =>
-                {
-                    s.ping_sent.set(Some(now));
-                    self.send(s, crate::wire::ws::ping_frame());
-                }
-                _ => {}
+            } else if now.saturating_sub(s.last_seen.get()) >= ping_interval {
+                s.ping_sent.set(now);
+                self.send(s, crate::wire::ws::ping_frame());
             }
         }
     }
@@ -603,7 +611,7 @@ async fn ticker(shard: Rc<Shard>) {
     iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         iv.tick().await;
-        shard.tick(Instant::now());
+        shard.tick();
     }
 }
 

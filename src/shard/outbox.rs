@@ -9,8 +9,12 @@ use std::io::IoSlice;
 
 use bytes::Bytes;
 
+/// One pointer while empty: every idle session has an outbox, few use it.
 #[derive(Debug, Default)]
-pub struct Outbox {
+pub struct Outbox(Option<Box<Queue>>);
+
+#[derive(Debug, Default)]
+pub struct Queue {
     frames: VecDeque<Bytes>,
     /// Bytes of `frames[0]` already written.
     offset: usize,
@@ -18,7 +22,54 @@ pub struct Outbox {
     bytes: usize,
 }
 
+static EMPTY: Queue = Queue {
+    frames: VecDeque::new(),
+    offset: 0,
+    bytes: 0,
+};
+
+impl std::ops::Deref for Outbox {
+    type Target = Queue;
+    fn deref(&self) -> &Queue {
+        self.0.as_deref().unwrap_or(&EMPTY)
+    }
+}
+
 impl Outbox {
+    fn queue(&mut self) -> &mut Queue {
+        self.0.get_or_insert_with(Box::default)
+    }
+
+    pub fn push(&mut self, frame: Bytes) {
+        self.queue().push(frame);
+    }
+
+    pub fn prepend(&mut self, frames: impl DoubleEndedIterator<Item = Bytes>, offset: usize) {
+        self.queue().prepend(frames, offset);
+    }
+
+    pub fn advance(&mut self, n: usize) -> usize {
+        let Some(q) = self.0.as_mut() else { return 0 };
+        let done = q.advance(n);
+        if q.frames.is_empty() {
+            // The queue is the slow path; an idle connection keeps no
+            // memory for it.
+            self.0 = None;
+        }
+        done
+    }
+
+    pub fn drop_unstarted(&mut self) -> usize {
+        let Some(q) = self.0.as_mut() else { return 0 };
+        let dropped = q.drop_unstarted();
+        if q.frames.is_empty() {
+            self.0 = None;
+        }
+        dropped
+    }
+}
+
+impl Queue {
     pub fn is_empty(&self) -> bool {
         self.frames.is_empty()
     }
@@ -27,7 +78,7 @@ impl Outbox {
         self.bytes
     }
 
-    pub fn push(&mut self, frame: Bytes) {
+    fn push(&mut self, frame: Bytes) {
         self.bytes += frame.len();
         self.frames.push_back(frame);
     }
@@ -35,7 +86,7 @@ impl Outbox {
     /// Puts frames in front of what is queued, keeping their order; the
     /// first of them has `offset` bytes written already. Only valid when
     /// nothing of the current front has been written.
-    pub fn prepend(&mut self, frames: impl DoubleEndedIterator<Item = Bytes>, offset: usize) {
+    fn prepend(&mut self, frames: impl DoubleEndedIterator<Item = Bytes>, offset: usize) {
         debug_assert_eq!(self.offset, 0);
         for f in frames.rev() {
             self.bytes += f.len();
@@ -61,7 +112,7 @@ impl Outbox {
     }
 
     /// Marks `n` bytes written. Returns the number of frames completed.
-    pub fn advance(&mut self, mut n: usize) -> usize {
+    fn advance(&mut self, mut n: usize) -> usize {
         self.bytes -= n.min(self.bytes);
         let mut done = 0;
         while let Some(front) = self.frames.front() {
@@ -75,17 +126,12 @@ impl Outbox {
             self.frames.pop_front();
             done += 1;
         }
-        if self.frames.is_empty() {
-            // The queue is the slow path; an idle connection keeps no
-            // memory for it.
-            self.frames = VecDeque::new();
-        }
         done
     }
 
     /// Drops every frame not yet started (a partly written frame must be
     /// finished or the stream is corrupt). Returns how many were dropped.
-    pub fn drop_unstarted(&mut self) -> usize {
+    fn drop_unstarted(&mut self) -> usize {
         let keep = usize::from(self.offset > 0);
         let dropped = self.frames.len() - keep.min(self.frames.len());
         self.frames.truncate(keep);

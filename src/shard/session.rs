@@ -15,7 +15,6 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
-use std::time::Instant;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -27,7 +26,7 @@ use super::outbox::Outbox;
 use super::{Shard, WriteAcc, IOV_MAX, NONE};
 use crate::auth::Claims;
 use crate::handler::{SessionInfo, TransportError};
-use crate::http::limits::{ConnPermit, TokenBucket};
+use crate::http::limits::ConnPermit;
 use crate::http::Accepted;
 use crate::hub::{HomeMsg, SessionKey};
 use crate::metrics as m;
@@ -67,8 +66,10 @@ pub(crate) struct Session {
     pub head: Cell<u32>,
     pub tail: Cell<u32>,
     waker: Arc<SlotWaker>,
-    pub last_seen: Cell<Instant>,
-    pub ping_sent: Cell<Option<Instant>>,
+    // Times are the shard clock's milliseconds (`Shard::now_ms`), 0 = none:
+    // a fifth of the size of `Option<Instant>`, on every idle session.
+    pub last_seen: Cell<u64>,
+    pub ping_sent: Cell<u64>,
     /// A request is waiting for another shard; input stays unread.
     pending: Cell<bool>,
     /// Why the transport broke, for `Handler::on_transport_error`.
@@ -77,11 +78,13 @@ pub(crate) struct Session {
     decoder: RefCell<Decoder>,
     /// Unparsed input; empty (no allocation) between messages.
     rbuf: RefCell<Vec<u8>>,
-    bucket: Cell<Option<TokenBucket>>,
+    /// Rate-limit tokens left and when they were counted (shard ms, low
+    /// 32 bits; differences wrap correctly).
+    bucket: Cell<(f32, u32)>,
     strikes: Cell<u32>,
     peer_closed: Cell<bool>,
     half_closed: Cell<bool>,
-    pub close_deadline: Cell<Option<Instant>>,
+    pub close_deadline: Cell<u64>,
     _permit: ConnPermit,
 }
 
@@ -132,8 +135,8 @@ impl Session {
         queue: Arc<ReadyQueue>,
         set: &super::Settings,
         leftover: Vec<u8>,
+        now_ms: u64,
     ) -> Self {
-        let now = Instant::now();
         Session {
             key,
             id,
@@ -153,19 +156,17 @@ impl Session {
                 queued: AtomicBool::new(false),
                 queue,
             }),
-            last_seen: Cell::new(now),
-            ping_sent: Cell::new(None),
+            last_seen: Cell::new(now_ms),
+            ping_sent: Cell::new(0),
             pending: Cell::new(false),
             transport_error: Cell::new(None),
             decoder: RefCell::new(Decoder::new(set.max_message)),
             rbuf: RefCell::new(leftover),
-            bucket: Cell::new(
-                (set.msgs_per_s > 0).then(|| TokenBucket::new(set.msgs_per_s, set.burst, now)),
-            ),
+            bucket: Cell::new((set.burst as f32, now_ms as u32)),
             strikes: Cell::new(0),
             peer_closed: Cell::new(false),
             half_closed: Cell::new(false),
-            close_deadline: Cell::new(None),
+            close_deadline: Cell::new(0),
             _permit: acc.permit,
         }
     }
@@ -361,9 +362,9 @@ pub(crate) fn drive(shard: &Rc<Shard>, s: &Rc<Session>) {
         match s.phase.get() {
             Phase::Closed => return finish(shard, s),
             Phase::Closing => {
-                if s.close_deadline.get().is_none() {
-                    s.close_deadline
-                        .set(Some(Instant::now() + shard.settings.close));
+                if s.close_deadline.get() == 0 {
+                    let close = shard.settings.close.as_millis() as u64;
+                    s.close_deadline.set(shard.now_ms() + close);
                 }
                 if s.out.borrow().is_empty() && !s.want_write.get() {
                     if !s.half_closed.replace(true) {
@@ -436,8 +437,8 @@ fn read(shard: &Rc<Shard>, s: &Rc<Session>) {
             }
         }
         Ok(_) => {
-            s.last_seen.set(Instant::now());
-            s.ping_sent.set(None);
+            s.last_seen.set(shard.now_ms());
+            s.ping_sent.set(0);
             process(shard, s);
         }
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -516,10 +517,18 @@ fn classify(shard: &Shard, s: &Session, ev: Event<'_>) -> Action {
         };
     }
     let limited = matches!(ev, Event::Binary(_) | Event::Ping(_)) && {
-        let mut bucket = s.bucket.get();
-        let empty = bucket.as_mut().is_some_and(|b| !b.take(Instant::now()));
-        s.bucket.set(bucket);
-        empty
+        let set = &shard.settings;
+        set.msgs_per_s > 0 && {
+            // A token bucket: `msgs_per_s` tokens a second, `burst` at most.
+            let (tokens, at) = s.bucket.get();
+            let now = shard.now_ms() as u32;
+            let dt = now.wrapping_sub(at) as f32 / 1000.0;
+            let tokens = (tokens + dt * set.msgs_per_s as f32).min(set.burst.max(1) as f32);
+            let empty = tokens < 1.0;
+            s.bucket
+                .set((if empty { tokens } else { tokens - 1.0 }, now));
+            empty
+        }
     };
     if limited {
         let strikes = s.strikes.get() + 1;
