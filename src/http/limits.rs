@@ -44,8 +44,15 @@ pub struct ConnLimits {
 }
 
 /// Held by a connection for its whole life; gives its slots back on drop.
+/// Two pointers unless per-IP or per-user limits are on: every idle
+/// connection carries one.
 pub struct ConnPermit {
     limits: Arc<ConnLimits>,
+    keys: Option<Box<Keys>>,
+}
+
+#[derive(Default)]
+struct Keys {
     ip: Option<IpAddr>,
     user: Option<Arc<str>>,
 }
@@ -75,8 +82,7 @@ impl ConnLimits {
         }
         let mut permit = ConnPermit {
             limits: self.clone(),
-            ip: None,
-            user: None,
+            keys: None,
         };
         if let Some(rate) = &self.rate {
             if !rate.lock().take(Instant::now()) {
@@ -90,7 +96,7 @@ impl ConnLimits {
                 return Err(LimitError::PerIp);
             }
             *n += 1;
-            permit.ip = Some(ip);
+            permit.keys.get_or_insert_with(Box::default).ip = Some(ip);
         }
         Ok(permit)
     }
@@ -111,7 +117,8 @@ impl ConnPermit {
             return Err(LimitError::PerUser);
         }
         *n += 1;
-        self.user = Some(user.clone());
+        drop(map);
+        self.keys.get_or_insert_with(Box::default).user = Some(user.clone());
         Ok(())
     }
 }
@@ -119,10 +126,11 @@ impl ConnPermit {
 impl Drop for ConnPermit {
     fn drop(&mut self) {
         self.limits.total.fetch_sub(1, Ordering::AcqRel);
-        if let Some(ip) = self.ip {
+        let Some(keys) = &self.keys else { return };
+        if let Some(ip) = keys.ip {
             release(&mut self.limits.per_ip.lock(), &ip);
         }
-        if let Some(user) = &self.user {
+        if let Some(user) = &keys.user {
             release(&mut self.limits.per_user.lock(), user);
         }
     }

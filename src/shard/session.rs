@@ -18,6 +18,7 @@ use std::task::{Context, Poll, Wake, Waker};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
+use smallvec::SmallVec;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::task::spawn_local;
@@ -42,6 +43,12 @@ pub(crate) enum Phase {
     Closed,
 }
 
+/// What reading needs between two reads of an incomplete frame.
+struct Input {
+    decoder: Decoder,
+    buf: Vec<u8>,
+}
+
 pub(crate) struct SubSlot {
     pub topic: Arc<str>,
     /// Index of this session in the shard's list for `topic`.
@@ -55,7 +62,8 @@ pub(crate) struct Session {
     pub stream: TcpStream,
     pub claims: RefCell<Claims>,
     pub out: RefCell<Outbox>,
-    pub subs: RefCell<Vec<SubSlot>>,
+    /// Inline for the common single subscription: one allocation fewer.
+    pub subs: RefCell<SmallVec<[SubSlot; 1]>>,
     pub phase: Cell<Phase>,
     pub close_code: Cell<u16>,
     /// The socket refused bytes; the reactor waits for writability.
@@ -73,11 +81,11 @@ pub(crate) struct Session {
     /// A request is waiting for another shard; input stays unread.
     pending: Cell<bool>,
     /// Why the transport broke, for `Handler::on_transport_error`.
-    transport_error: Cell<Option<TransportError>>,
-    // What a reading task would have kept on its stack.
-    decoder: RefCell<Decoder>,
-    /// Unparsed input; empty (no allocation) between messages.
-    rbuf: RefCell<Vec<u8>>,
+    /// Boxed: rare, and a pointer is a third of the enum.
+    transport_error: Cell<Option<Box<TransportError>>>,
+    /// Unparsed input and the frame decoder's state; only while a read
+    /// leaves an incomplete frame (or fragment) behind.
+    input: RefCell<Option<Box<Input>>>,
     /// Rate-limit tokens left and when they were counted (shard ms, low
     /// 32 bits; differences wrap correctly).
     bucket: Cell<(f32, u32)>,
@@ -144,7 +152,7 @@ impl Session {
             stream,
             claims: RefCell::new(acc.claims),
             out: RefCell::new(Outbox::default()),
-            subs: RefCell::new(Vec::new()),
+            subs: RefCell::new(SmallVec::new()),
             phase: Cell::new(Phase::Open),
             close_code: Cell::new(1006),
             want_write: Cell::new(false),
@@ -160,8 +168,12 @@ impl Session {
             ping_sent: Cell::new(0),
             pending: Cell::new(false),
             transport_error: Cell::new(None),
-            decoder: RefCell::new(Decoder::new(set.max_message)),
-            rbuf: RefCell::new(leftover),
+            input: RefCell::new((!leftover.is_empty()).then(|| {
+                Box::new(Input {
+                    decoder: Decoder::new(set.max_message),
+                    buf: leftover,
+                })
+            })),
             bucket: Cell::new((set.burst as f32, now_ms as u32)),
             strikes: Cell::new(0),
             peer_closed: Cell::new(false),
@@ -316,7 +328,7 @@ impl Session {
             m::close(1006);
         }
         self.phase.set(Phase::Closed);
-        self.transport_error.set(Some(why));
+        self.transport_error.set(Some(Box::new(why)));
         self.schedule();
     }
 }
@@ -357,7 +369,7 @@ pub(crate) fn drive(shard: &Rc<Shard>, s: &Rc<Session>) {
     let mut cx = Context::from_waker(&waker);
     let mut reads = 0;
     // Input parked while a request waited is parsed before reading more.
-    let mut parse_first = !s.rbuf.borrow().is_empty();
+    let mut parse_first = s.input.borrow().as_ref().is_some_and(|i| !i.buf.is_empty());
     loop {
         match s.phase.get() {
             Phase::Closed => return finish(shard, s),
@@ -424,9 +436,15 @@ pub(crate) fn drive(shard: &Rc<Shard>, s: &Rc<Session>) {
 
 fn read(shard: &Rc<Shard>, s: &Rc<Session>) {
     let result = {
-        let mut rbuf = s.rbuf.borrow_mut();
-        rbuf.reserve(READ_CHUNK);
-        s.stream.try_read_buf(&mut *rbuf)
+        let mut input = s.input.borrow_mut();
+        let input = input.get_or_insert_with(|| {
+            Box::new(Input {
+                decoder: Decoder::new(shard.settings.max_message),
+                buf: Vec::new(),
+            })
+        });
+        input.buf.reserve(READ_CHUNK);
+        s.stream.try_read_buf(&mut input.buf)
     };
     match result {
         Ok(0) => {
@@ -444,10 +462,13 @@ fn read(shard: &Rc<Shard>, s: &Rc<Session>) {
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
         Err(e) => s.fail(e.kind()),
     }
-    let mut rbuf = s.rbuf.borrow_mut();
-    if rbuf.is_empty() {
+    let mut input = s.input.borrow_mut();
+    if input
+        .as_ref()
+        .is_some_and(|i| i.buf.is_empty() && i.decoder.is_idle())
+    {
         // An idle connection holds no read buffer.
-        *rbuf = Vec::new();
+        *input = None;
     }
 }
 
@@ -455,11 +476,13 @@ fn read(shard: &Rc<Shard>, s: &Rc<Session>) {
 /// request must wait; what is left stays in `rbuf`.
 fn process(shard: &Rc<Shard>, s: &Rc<Session>) {
     // Taken out so handling a frame can never meet a borrowed buffer.
-    let mut rbuf = std::mem::take(&mut *s.rbuf.borrow_mut());
+    let Some(mut input) = s.input.borrow_mut().take() else {
+        return;
+    };
+    let Input { decoder, buf: rbuf } = &mut *input;
     let mut pos = 0;
     while pos < rbuf.len() && s.phase.get() != Phase::Closed && !s.pending.get() {
         let (action, used) = {
-            let mut decoder = s.decoder.borrow_mut();
             match decoder.decode(&mut rbuf[pos..]) {
                 Ok(None) => break,
                 Ok(Some((None, used))) => (Action::None, used),
@@ -481,7 +504,9 @@ fn process(shard: &Rc<Shard>, s: &Rc<Session>) {
         act(shard, s, action);
     }
     rbuf.drain(..pos);
-    *s.rbuf.borrow_mut() = rbuf;
+    if !rbuf.is_empty() || !decoder.is_idle() {
+        *s.input.borrow_mut() = Some(input);
+    }
 }
 
 fn report(shard: &Shard, s: &Session, err: TransportError) {
@@ -705,8 +730,8 @@ fn finish(shard: &Rc<Shard>, s: &Rc<Session>) {
         .connections
         .store(remaining as u64, std::sync::atomic::Ordering::Relaxed);
     shard.m.connections.set(remaining as f64);
-    if let Some(err) = s.transport_error.get() {
-        report(shard, s, err);
+    if let Some(err) = s.transport_error.take() {
+        report(shard, s, *err);
     }
     {
         let claims = s.claims.borrow();
