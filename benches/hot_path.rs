@@ -89,6 +89,27 @@ fn jwt(c: &mut Criterion) {
     c.bench_function("jwt/verify_hs256", |b| {
         b.iter(|| black_box(v.verify(&token).is_ok()))
     });
+
+    // Asymmetric keys: the test key pairs shipped in tests/keys.
+    let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys/");
+    for (name, private, public) in [
+        ("rs256", "rsa_private.pem", "rsa_public.pem"),
+        ("es256", "ec_p256_private.pem", "ec_p256_public.pem"),
+        ("eddsa", "ed25519_private.pem", "ed25519_public.pem"),
+    ] {
+        let pem = std::fs::read(format!("{keys}{private}")).expect("test key");
+        let token = herald::auth::token::mint_with_private_pem(&pem, "user-1", exp)
+            .expect("signs with the test key");
+        let auth = Auth {
+            public_key_file: Some(format!("{keys}{public}").into()),
+            ..Auth::default()
+        };
+        let v = Verifier::new(&auth).expect("verifier");
+        assert!(v.verify(&token).is_ok(), "{name} token verifies");
+        c.bench_function(&format!("jwt/verify_{name}"), |b| {
+            b.iter(|| black_box(v.verify(&token).is_ok()))
+        });
+    }
 }
 
 fn frames(c: &mut Criterion) {
