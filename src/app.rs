@@ -127,7 +127,7 @@ impl Server {
                 loop {
                     iv.tick().await;
                     n += 1;
-                    if n % 5 == 0 {
+                    if n.is_multiple_of(5) {
                         prometheus.run_upkeep();
                     }
                     let open = upkeep_shared

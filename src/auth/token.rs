@@ -439,6 +439,8 @@ pub fn mint_hs256(
     .expect("HS256 with an HMAC key of any length and a JSON map always signs")
 }
 
+type KeyLoader = fn(&[u8]) -> jsonwebtoken::errors::Result<EncodingKey>;
+
 /// Mints a token signed with a PEM private key, the algorithm pinned by the
 /// key type as the verifier pins it (RSA → RS256, P-256 → ES256, P-384 →
 /// ES384, Ed25519 → EdDSA). For benches, tests and tools; `None` if the key
@@ -447,10 +449,7 @@ pub fn mint_with_private_pem(pem: &[u8], sub: &str, exp: u64) -> Option<String> 
     let mut claims = serde_json::Map::new();
     claims.insert("sub".into(), sub.into());
     claims.insert("exp".into(), exp.into());
-    let attempts: [(
-        Algorithm,
-        fn(&[u8]) -> jsonwebtoken::errors::Result<EncodingKey>,
-    ); 4] = [
+    let attempts: [(Algorithm, KeyLoader); 4] = [
         (Algorithm::RS256, EncodingKey::from_rsa_pem),
         (Algorithm::ES256, EncodingKey::from_ec_pem),
         (Algorithm::ES384, EncodingKey::from_ec_pem),
