@@ -153,6 +153,9 @@ pub struct Limits {
     pub max_connections_per_user: usize,
     /// Accepted upgrades per second, node-wide; 0 = unlimited.
     pub handshakes_per_s: u32,
+    /// Handshakes in progress per shard; further connections wait in the
+    /// listen backlog. Bounds the handshake buffers a connect storm holds.
+    pub max_pending_handshakes: usize,
     pub max_header_bytes: usize,
     /// Largest client→gateway WebSocket message.
     pub max_message_bytes: usize,
@@ -175,6 +178,7 @@ impl Default for Limits {
             max_connections_per_ip: 0,
             max_connections_per_user: 0,
             handshakes_per_s: 0,
+            max_pending_handshakes: 64,
             max_header_bytes: 8192,
             max_message_bytes: 65536,
             max_subscriptions: 1024,
@@ -452,6 +456,9 @@ impl Config {
         }
         // The upgrade request carries the JWT, which alone is often 1 KiB.
         // hyper's read buffer cannot be smaller than 8 KiB.
+        if lim.max_pending_handshakes == 0 {
+            return invalid("limits.max_pending_handshakes", "must be at least 1");
+        }
         if !(8192..=MIB).contains(&lim.max_header_bytes) {
             return invalid("limits.max_header_bytes", "must be in 8192..=1048576");
         }
