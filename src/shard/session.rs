@@ -195,7 +195,7 @@ impl Session {
         }
     }
 
-    /// The socket is full: let the session task wait for it.
+    /// The socket is full: let the reactor wait for it.
     pub fn block(&self) {
         if !self.want_write.replace(true) {
             self.schedule();
@@ -333,7 +333,8 @@ impl Session {
     }
 }
 
-/// What a decoded frame asks of the session, owned so the task can await.
+/// What a decoded frame asks of the session, owned: acting on it never
+/// holds the input buffer or the decoder.
 enum Action {
     None,
     Send(Bytes),
