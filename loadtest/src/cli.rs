@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
 use crate::plan::{self, Dist};
-use crate::worker::{Auth, Kind, Target, WorkerPlan};
+use crate::worker::{Auth, Target, WorkerPlan};
 
 /// A process may hold at most this many open files here; leave room for
 /// the runtime, pipes and the publisher.
@@ -26,7 +26,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
     /// Many subscribers, one publisher: delivered msgs/s, latency, order.
-    Fanout(FanoutArgs),
+    Fanout(Box<FanoutArgs>),
     /// Server RSS per idle subscribed connection.
     Idle(IdleArgs),
     /// One subscriber, ten messages through the ingest, all in order.
@@ -100,6 +100,13 @@ pub struct FanoutArgs {
     /// Distinct topics per connection (herald only; a peer socket has one).
     #[arg(long, default_value_t = 1)]
     pub subs_per_conn: u32,
+    /// Distinct topics per connection drawn uniformly in LO-HI, per
+    /// connection (herald only), e.g. 1-50. Overrides --subs-per-conn.
+    #[arg(long, value_parser = parse_range)]
+    pub subs_per_conn_range: Option<(u32, u32)>,
+    /// --dist rooms: connections per room (default ⌈conns / topics⌉).
+    #[arg(long)]
+    pub room_size: Option<u64>,
     /// Seed of the topic choice (uniform, zipf).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -116,6 +123,9 @@ pub struct FanoutArgs {
     /// Default: ingest with --url, raw with --raw-url.
     #[arg(long, value_enum)]
     pub publish: Option<PublishMode>,
+    /// Parallel HTTP publishers (api, raw), one keep-alive connection each.
+    #[arg(long, default_value_t = 1)]
+    pub publishers: u32,
     #[arg(long, default_value = "127.0.0.1:8781")]
     pub ingest: String,
     #[arg(long)]
@@ -134,6 +144,33 @@ pub struct FanoutArgs {
     /// Pause between "all subscribed" and the first publish, ms.
     #[arg(long, default_value_t = 200)]
     pub settle_ms: u64,
+    /// Share of the connections that read slowly (0..=1).
+    #[arg(long, default_value_t = 0.0)]
+    pub slow_fraction: f64,
+    /// Slow readers sleep this long after each read, ms.
+    #[arg(long, default_value_t = 100)]
+    pub slow_read_delay_ms: u64,
+    /// Slow readers read at most this many bytes at a time.
+    #[arg(long, default_value_t = 4096)]
+    pub slow_read_bytes: usize,
+    /// SO_RCVBUF of the slow readers' sockets, bytes (0 = system default).
+    #[arg(long, default_value_t = 16384)]
+    pub slow_rcvbuf: u32,
+    /// Width of the throughput time series' buckets, ms.
+    #[arg(long, default_value_t = 1000)]
+    pub sample_ms: u64,
+    /// Write DIR/report.html (latency percentiles, throughput over time)
+    /// and DIR/summary.json.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// A name for this run in the report and the JSON summary.
+    #[arg(long)]
+    pub label: Option<String>,
+    /// herald's Prometheus endpoint (e.g. http://127.0.0.1:8782/metrics):
+    /// read before and after the publish phase for write syscalls per
+    /// delivery and slow-consumer closes.
+    #[arg(long)]
+    pub herald_metrics: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -152,6 +189,9 @@ pub struct IdleArgs {
     /// Hard cap on the whole run, seconds.
     #[arg(long, default_value_t = 120)]
     pub duration_s: u64,
+    /// herald: only the upgrade, no SUBSCRIBE (handshake rate tests).
+    #[arg(long)]
+    pub no_subscribe: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -167,6 +207,23 @@ pub struct SmokeArgs {
     /// Whole test, seconds.
     #[arg(long, default_value_t = 10)]
     pub timeout_s: u64,
+}
+
+/// `LO-HI` (or a single `N`) → (LO, HI).
+fn parse_range(s: &str) -> Result<(u32, u32), String> {
+    let (lo, hi) = s.split_once('-').unwrap_or((s, s));
+    let lo: u32 = lo
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?}: expected LO-HI"))?;
+    let hi: u32 = hi
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?}: expected LO-HI"))?;
+    if lo == 0 || lo > hi {
+        return Err(format!("{s:?}: need 1 <= LO <= HI"));
+    }
+    Ok((lo, hi))
 }
 
 /// `host:port` on loopback; `localhost` means 127.0.0.1.
@@ -271,39 +328,20 @@ impl ConnArgs {
         Ok(())
     }
 
-    /// One plan per worker, with its share of connections and connect rate.
-    #[allow(clippy::too_many_arguments)]
-    pub fn plans(
-        &self,
-        kind: Kind,
-        target: &Target,
-        auth: &Auth,
-        topic_names: &[String],
-        dist: Dist,
-        subs_per_conn: u32,
-        seed: u64,
-        msgs: u64,
-        deadline_unix_ms: u64,
-    ) -> Vec<WorkerPlan> {
+    /// One plan per worker from `template`: its share of the connections
+    /// and of the connect rate.
+    pub fn plans(&self, template: &WorkerPlan) -> Vec<WorkerPlan> {
         plan::shares(self.conns, self.workers)
             .into_iter()
             .enumerate()
             .map(|(i, (start, count))| WorkerPlan {
                 worker: i as u32,
-                kind,
-                target: target.clone(),
-                auth: auth.clone(),
                 conn_start: start,
                 conn_count: count,
-                topic_names: topic_names.to_vec(),
-                dist,
-                subs_per_conn,
-                seed,
-                msgs,
                 source_ips: self.source_ips,
                 connect_rate: self.connect_rate / f64::from(self.workers),
                 connect_timeout_ms: self.connect_timeout_s * 1000,
-                deadline_unix_ms,
+                ..template.clone()
             })
             .collect()
     }
@@ -355,6 +393,25 @@ mod tests {
         };
         assert_eq!(f.conn.server_pid, vec![1, 2]);
         assert_eq!(f.dist, Dist::Zipf);
+        assert_eq!(f.subs_per_conn_range, None);
+        let c = Cli::try_parse_from([
+            "herald-load",
+            "fanout",
+            "--raw-url",
+            "ws://127.0.0.1:7102",
+            "--subs-per-conn-range",
+            "1-50",
+            "--dist",
+            "rooms",
+        ])
+        .expect("valid command line");
+        let Cmd::Fanout(f) = c.cmd else {
+            panic!("fanout");
+        };
+        assert_eq!(f.subs_per_conn_range, Some((1, 50)));
+        assert_eq!(f.dist, Dist::Rooms);
+        assert!(parse_range("0-3").is_err() && parse_range("5-2").is_err());
+        assert_eq!(parse_range("7"), Ok((7, 7)));
         assert!(Cli::try_parse_from(["herald-load", "idle", "--conns", "1"]).is_err());
         assert!(Cli::try_parse_from([
             "herald-load",

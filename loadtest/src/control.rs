@@ -118,6 +118,13 @@ impl Workers {
         self.progress.iter().map(|p| p.p99_us).max().unwrap_or(0)
     }
 
+    /// Sends one command line to every child still listening.
+    pub async fn tell_all(&mut self, line: &str) {
+        for s in self.stdins.iter_mut().flatten() {
+            let _ = s.write_all(format!("{line}\n").as_bytes()).await;
+        }
+    }
+
     /// Asks every child still running to report and exit.
     pub async fn stop_all(&mut self) {
         for s in self.stdins.iter_mut() {

@@ -12,46 +12,90 @@ use tokio::time::Instant;
 
 use crate::cli::{parse_loopback, parse_url, FanoutArgs, PublishMode};
 use crate::control::Workers;
-use crate::plan::{self, TopicPlan};
+use crate::html::{self, Curve, Facts, Page};
+use crate::plan::{self, TopicPlan, TopicSpec};
 use crate::procstat::{self, Sample};
 use crate::publish::{self, Sink, Spec};
 use crate::report::{self, count, ConnectStats, Latency};
-use crate::worker::{now_ms, Kind};
+use crate::scrape::{self, HeraldCounts};
+use crate::series::Series;
+use crate::worker::{now_ms, Kind, SlowSpec, WorkerPlan};
 
 #[derive(Debug, Serialize)]
 struct Summary {
     kind: &'static str,
+    label: Option<String>,
     protocol: &'static str,
     target: String,
     publish: String,
+    publishers: u32,
     workers: u32,
+    source_ips: u32,
     conns: u64,
     topics: u32,
     dist: String,
-    subs_per_conn: u32,
+    /// Topics per connection: `K` or `LO-HI`.
+    subs_per_conn: String,
+    /// Subscriptions over all connections (planned).
+    subscriptions: u64,
     msgs: u64,
     rate: f64,
     payload: usize,
     connect: ConnectStats,
     published: u64,
     publish_s: f64,
+    /// published / publish_s: what the publisher(s) achieved.
+    publish_per_s: f64,
     publish_error: Option<String>,
     expected: u64,
     delivered: u64,
     missing: u64,
+    /// Every delivery to a fast connection arrived (slow readers may miss
+    /// theirs, see `slow`) and no worker was lost.
     complete: bool,
     /// deliveries / (last receive − first publish)
     delivered_per_s: f64,
     delivery_s: f64,
+    /// The busiest bucket of `delivered_series`, per second.
+    delivered_per_s_peak_bucket: f64,
+    /// Publish → receive latency of the fast connections (all of them
+    /// without --slow-fraction).
     latency: Latency,
     seq_gaps: u64,
     duplicates: u64,
     unexpected: u64,
-    /// How connections ended before the run was over (server closes).
+    /// How fast connections ended before the run was over (server closes).
     closes: BTreeMap<String, u64>,
+    slow: Option<SlowSummary>,
     ended_by: BTreeMap<String, u64>,
     lost_workers: u32,
     server: Option<Server>,
+    /// From herald's /metrics, over the publish phase (--herald-metrics).
+    herald: Option<HeraldCounts>,
+    /// Deliveries and publications per bucket of wall-clock time.
+    delivered_series: Series,
+    published_series: Series,
+    /// HDR percentile distribution of `latency`: [quantile, ms] (--report).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    latency_distribution: Option<Vec<(f64, f64)>>,
+}
+
+#[derive(Debug, Serialize)]
+struct SlowSummary {
+    fraction: f64,
+    read_delay_ms: u64,
+    read_bytes: usize,
+    rcvbuf: u32,
+    conns: u64,
+    expected: u64,
+    delivered: u64,
+    /// How the slow connections ended (`close_4008` = herald dropped them
+    /// as slow consumers).
+    closes: BTreeMap<String, u64>,
+    latency: Latency,
+    /// The fast connections' expected deliveries and how many arrived.
+    fast_expected: u64,
+    fast_delivered: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -88,19 +132,47 @@ pub async fn run(a: FanoutArgs) -> Result<ExitCode, String> {
     if a.payload < 8 {
         return Err("--payload must be at least 8 bytes (it carries the send time)".into());
     }
-    if !target.herald && a.subs_per_conn > 1 {
-        return Err("--subs-per-conn > 1 needs herald (--url): a peer socket has one topic".into());
+    let (lo, hi) = a
+        .subs_per_conn_range
+        .unwrap_or((a.subs_per_conn, a.subs_per_conn));
+    if !target.herald && hi > 1 {
+        return Err(
+            "more than one topic per connection needs herald (--url): a peer socket has one topic"
+                .into(),
+        );
     }
     if a.rate < 0.0 || !a.rate.is_finite() {
         return Err("--rate must be >= 0".into());
     }
-    let topic_plan = TopicPlan::new(a.topics, a.subs_per_conn, a.dist, a.seed)?;
+    if !(0.0..=1.0).contains(&a.slow_fraction) {
+        return Err("--slow-fraction must be within 0..=1".into());
+    }
+    if a.sample_ms < 10 {
+        return Err("--sample-ms must be at least 10".into());
+    }
+    if a.publishers == 0 || a.publishers > 256 {
+        return Err("--publishers must be within 1..=256".into());
+    }
+    let spec = TopicSpec {
+        topics: a.topics,
+        dist: a.dist,
+        min_per_conn: lo,
+        max_per_conn: hi,
+        seed: a.seed,
+        room_size: a
+            .room_size
+            .unwrap_or_else(|| c.conns.div_ceil(u64::from(a.topics.max(1))).max(1)),
+    };
+    let topic_plan = TopicPlan::new(&spec)?;
     let names = plan::topic_names(a.topics);
     let mode = a.publish.unwrap_or(if target.herald {
         PublishMode::Ingest
     } else {
         PublishMode::Raw
     });
+    if a.publishers > 1 && mode == PublishMode::Ingest {
+        return Err("--publishers is for --publish api or raw (the ingest is one feed)".into());
+    }
     let sink = match mode {
         PublishMode::Ingest => Sink::Ingest {
             addr: parse_loopback(&a.ingest, 8781)?,
@@ -130,38 +202,62 @@ pub async fn run(a: FanoutArgs) -> Result<ExitCode, String> {
     let start = Instant::now();
     let deadline = start + Duration::from_secs(a.duration_s);
     let deadline_ms = now_ms() + a.duration_s * 1000;
-    let expected = plan::expected_deliveries(&topic_plan, a.msgs, a.topics, 0..c.conns);
+    let (expected_fast, expected_slow) =
+        plan::expected_deliveries(&topic_plan, a.msgs, 0..c.conns, a.slow_fraction);
+    let expected = expected_fast + expected_slow;
+    let subs_label = if lo == hi {
+        lo.to_string()
+    } else {
+        format!("{lo}-{hi}")
+    };
+    let subscriptions: u64 = (0..c.conns)
+        .map(|i| u64::from(topic_plan.count_for(i)))
+        .sum();
 
     if !quiet {
         eprintln!(
-            "herald-load fanout: {} {} | {} conns, {} workers, {} topic(s) {:?} x{}/conn | {} msgs x {} B at {} | publish {:?} | expecting {} deliveries",
+            "herald-load fanout: {} {} | {} conns, {} workers, {} topic(s) {:?} x{}/conn | {} msgs x {} B at {} | publish {:?} x{} | expecting {} deliveries",
             if target.herald { "herald" } else { "raw" },
             c.url.as_deref().or(c.raw_url.as_deref()).unwrap_or(""),
             c.conns,
             c.workers,
             a.topics,
             a.dist,
-            a.subs_per_conn,
+            subs_label,
             a.msgs,
             a.payload,
             if a.rate > 0.0 { format!("{} msg/s", a.rate) } else { "max rate".into() },
             mode,
+            a.publishers,
             count(expected),
         );
     }
 
     let before_connect = sample(&c.server_pid);
-    let plans = c.plans(
-        Kind::Fanout,
-        &target,
-        &auth,
-        &names,
-        a.dist,
-        a.subs_per_conn,
-        a.seed,
-        a.msgs,
-        deadline_ms,
-    );
+    let template = WorkerPlan {
+        worker: 0,
+        kind: Kind::Fanout,
+        target: target.clone(),
+        auth: auth.clone(),
+        conn_start: 0,
+        conn_count: 0,
+        topic_names: names.clone(),
+        topics: spec.clone(),
+        subscribe: true,
+        msgs: a.msgs,
+        sample_ms: a.sample_ms,
+        slow: SlowSpec {
+            fraction: a.slow_fraction,
+            read_delay_ms: a.slow_read_delay_ms,
+            read_bytes: a.slow_read_bytes,
+            rcvbuf: a.slow_rcvbuf,
+        },
+        source_ips: c.source_ips,
+        connect_rate: 0.0,
+        connect_timeout_ms: 0,
+        deadline_unix_ms: deadline_ms,
+    };
+    let plans = c.plans(&template);
     let mut ws = Workers::spawn(&plans).await?;
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
@@ -196,11 +292,18 @@ pub async fn run(a: FanoutArgs) -> Result<ExitCode, String> {
     // Publish phase.
     let can_publish =
         !interrupted && ws.all_ready() && Instant::now() < deadline && connect.connected > 0;
-    let progress = Arc::new(publish::Live::default());
+    let progress = Arc::new(publish::Live::new(a.sample_ms));
     let mut pub_report = publish::Report::default();
     let mut cpu_before = None;
+    let mut metrics_before = None;
     if can_publish {
         tokio::time::sleep(Duration::from_millis(a.settle_ms)).await;
+        if let Some(url) = &a.herald_metrics {
+            match scrape::fetch(url).await {
+                Ok(m) => metrics_before = Some(m),
+                Err(e) => eprintln!("herald-load: --herald-metrics: {e}"),
+            }
+        }
         cpu_before = sample(&c.server_pid);
         let spec = Spec {
             sink,
@@ -209,6 +312,7 @@ pub async fn run(a: FanoutArgs) -> Result<ExitCode, String> {
             rate: a.rate,
             payload: a.payload,
             barrier_every: 1000,
+            publishers: a.publishers,
         };
         let mut publisher = tokio::spawn(publish::run(spec, progress.clone()));
         let mut pub_done = false;
@@ -223,6 +327,8 @@ pub async fn run(a: FanoutArgs) -> Result<ExitCode, String> {
                     if let Some(e) = &pub_report.error {
                         eprintln!("herald-load: publish failed: {e}");
                         ws.stop_all().await;
+                    } else {
+                        ws.tell_all("drain").await;
                     }
                     drain_at = a.drain_s.map(|s| Instant::now() + Duration::from_secs(s));
                 },
@@ -267,9 +373,19 @@ pub async fn run(a: FanoutArgs) -> Result<ExitCode, String> {
     }
     ws.collect(Duration::from_secs(5)).await;
     let cpu_after = sample(&c.server_pid);
+    let herald_counts = match (&metrics_before, &a.herald_metrics) {
+        (Some(b), Some(url)) => match scrape::fetch(url).await {
+            Ok(after) => Some(scrape::delta(b, &after)),
+            Err(e) => {
+                eprintln!("herald-load: --herald-metrics: {e}");
+                None
+            }
+        },
+        _ => None,
+    };
     ws.reap().await;
 
-    let m = report::merge(&ws.results);
+    let m = report::merge(&ws.results, a.sample_ms);
     let lat = report::latency(&m.hist);
     let delivery_s = if m.last_rx_ns > pub_report.first_ns && pub_report.first_ns > 0 {
         (m.last_rx_ns - pub_report.first_ns) as f64 / 1e9
@@ -301,52 +417,243 @@ pub async fn run(a: FanoutArgs) -> Result<ExitCode, String> {
         }
         _ => None,
     };
+    let delivered_series = m.series.clone();
+    let published_series = progress.series();
+    let peak_bucket = delivered_series.per_second().fold(0.0, f64::max);
+    let slow = (a.slow_fraction > 0.0).then(|| SlowSummary {
+        fraction: a.slow_fraction,
+        read_delay_ms: a.slow_read_delay_ms,
+        read_bytes: a.slow_read_bytes,
+        rcvbuf: a.slow_rcvbuf,
+        conns: m.slow_conns,
+        expected: expected_slow,
+        delivered: m.unique - m.unique_fast,
+        closes: m.closes_slow.clone(),
+        latency: report::latency(&m.hist_slow),
+        fast_expected: expected_fast,
+        fast_delivered: m.unique_fast,
+    });
     let s = Summary {
         kind: "fanout",
+        label: a.label.clone(),
         protocol: if target.herald { "herald" } else { "raw" },
         target: c.url.clone().or(c.raw_url.clone()).unwrap_or_default(),
         publish: format!("{mode:?}").to_lowercase(),
+        publishers: a.publishers,
         workers: c.workers,
+        source_ips: c.source_ips,
         conns: c.conns,
         topics: a.topics,
         dist: format!("{:?}", a.dist).to_lowercase(),
-        subs_per_conn: a.subs_per_conn,
+        subs_per_conn: subs_label,
+        subscriptions,
         msgs: a.msgs,
         rate: a.rate,
         payload: a.payload,
         connect,
         published: pub_report.published,
         publish_s,
+        publish_per_s: if publish_s > 0.0 {
+            pub_report.published as f64 / publish_s
+        } else {
+            0.0
+        },
         publish_error: pub_report.error.clone(),
         expected,
         delivered: m.unique,
         missing: expected.saturating_sub(m.unique),
-        complete: m.unique >= expected && m.lost_workers == 0,
+        complete: m.unique_fast >= expected_fast && m.lost_workers == 0,
         delivered_per_s: if delivery_s > 0.0 {
             m.unique as f64 / delivery_s
         } else {
             0.0
         },
         delivery_s,
+        delivered_per_s_peak_bucket: peak_bucket,
         latency: lat,
         seq_gaps: m.gaps,
         duplicates: m.dups,
         unexpected: m.unexpected,
         closes: m.closes.clone(),
+        slow,
         ended_by: m.ended_by.clone(),
         lost_workers: m.lost_workers,
         server,
+        herald: herald_counts,
+        delivered_series,
+        published_series,
+        latency_distribution: None,
     };
     if quiet {
         println!("{}", serde_json::to_string(&s).map_err(|e| e.to_string())?);
     } else {
         print_text(&s);
     }
+    if let Some(dir) = &a.report {
+        write_report(dir, s, &m)?;
+        if !quiet {
+            eprintln!("report: {}", dir.join("report.html").display());
+        }
+    }
     Ok(if interrupted {
         ExitCode::from(130)
     } else {
         ExitCode::SUCCESS
     })
+}
+
+fn write_report(dir: &std::path::Path, mut s: Summary, m: &report::Merged) -> Result<(), String> {
+    let fast = html::percentile_points(&m.hist);
+    let mut curves = vec![Curve {
+        label: if s.slow.is_some() {
+            "fast readers".into()
+        } else {
+            "all deliveries".into()
+        },
+        color: "#1f5fa8",
+        points: fast.clone(),
+    }];
+    if s.slow.is_some() {
+        curves.push(Curve {
+            label: "slow readers".into(),
+            color: "#c0392b",
+            points: html::percentile_points(&m.hist_slow),
+        });
+    }
+    s.latency_distribution = Some(fast);
+    let l = &s.latency;
+    let mut facts = vec![
+        (
+            "target".to_string(),
+            format!("{} ({})", s.target, s.protocol),
+        ),
+        (
+            "load".into(),
+            format!(
+                "{} conns ({} workers, {} source IPs), {} topics ({}, {} per conn, {} subscriptions), {} msgs x {} B at {}, publish {} x{}",
+                count(s.conns),
+                s.workers,
+                s.source_ips,
+                count(u64::from(s.topics)),
+                s.dist,
+                s.subs_per_conn,
+                count(s.subscriptions),
+                count(s.msgs),
+                s.payload,
+                if s.rate > 0.0 { format!("{} msg/s", s.rate) } else { "max rate".into() },
+                s.publish,
+                s.publishers
+            ),
+        ),
+        (
+            "connections".into(),
+            format!(
+                "{} / {} in {:.2} s ({:.0}/s), failures: {}; connect p50 {:.2} ms, p99 {:.2} ms",
+                count(s.connect.connected),
+                count(s.conns),
+                s.connect.seconds,
+                s.connect.per_s,
+                report::causes(&s.connect.failures),
+                s.connect.latency.p50_ms,
+                s.connect.latency.p99_ms
+            ),
+        ),
+        (
+            "published".into(),
+            format!(
+                "{} in {:.2} s ({:.0} msgs/s){}",
+                count(s.published),
+                s.publish_s,
+                s.publish_per_s,
+                s.publish_error.as_ref().map(|e| format!(", error: {e}")).unwrap_or_default()
+            ),
+        ),
+        (
+            "delivered".into(),
+            format!(
+                "{} / {}{}; {:.0} msgs/s over {:.2} s (busiest {} ms bucket: {:.0}/s)",
+                count(s.delivered),
+                count(s.expected),
+                if s.complete { "" } else { " INCOMPLETE" },
+                s.delivered_per_s,
+                s.delivery_s,
+                s.delivered_series.bucket_ms,
+                s.delivered_per_s_peak_bucket
+            ),
+        ),
+        (
+            "latency".into(),
+            format!(
+                "p50 {:.2} ms, p90 {:.2}, p99 {:.2}, p99.9 {:.2}, max {:.2}",
+                l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms
+            ),
+        ),
+        (
+            "order".into(),
+            format!(
+                "seq gaps {}, duplicates {}, unexpected {}",
+                s.seq_gaps, s.duplicates, s.unexpected
+            ),
+        ),
+    ];
+    if let Some(sl) = &s.slow {
+        facts.push((
+            "slow readers".into(),
+            format!(
+                "{} ({}%), {} of {} delivered, p99 {:.2} ms; ended: {}",
+                sl.conns,
+                sl.fraction * 100.0,
+                count(sl.delivered),
+                count(sl.expected),
+                sl.latency.p99_ms,
+                report::causes(&sl.closes)
+            ),
+        ));
+    }
+    if let Some(v) = &s.server {
+        facts.push((
+            "server".into(),
+            format!(
+                "{:.2} s CPU = {:.3} s per 1M deliveries; RSS {} connected, peak {}",
+                v.cpu_s,
+                v.cpu_s_per_1m_deliveries,
+                report::mib(v.rss_after_connect),
+                report::mib(v.rss_peak)
+            ),
+        ));
+    }
+    if let Some(h) = &s.herald {
+        facts.push((
+            "herald /metrics".into(),
+            format!(
+                "{} delivered, {} write syscalls = {:.4} per delivery ({:.0} B per write); 4008 closes {}",
+                count(h.delivered),
+                count(h.write_syscalls),
+                h.write_syscalls_per_delivery,
+                h.bytes_per_write,
+                h.closes_4008
+            ),
+        ));
+    }
+    if !s.closes.is_empty() {
+        facts.push(("closed early".into(), report::causes(&s.closes)));
+    }
+    let json = serde_json::to_string_pretty(&s).map_err(|e| e.to_string())?;
+    let title = match &s.label {
+        Some(l) => format!("herald-load fanout: {l}"),
+        None => format!("herald-load fanout: {}", s.target),
+    };
+    html::write(
+        dir,
+        &Page {
+            title,
+            facts: Facts(facts),
+            curves,
+            delivered: &s.delivered_series,
+            published: &s.published_series,
+            summary_json: json,
+        },
+    )
 }
 
 fn print_text(s: &Summary) {
@@ -360,19 +667,25 @@ fn print_text(s: &Summary) {
         report::causes(&s.connect.failures)
     );
     println!(
-        "published     {} / {} msgs x {} B via {} in {:.2} s{}",
+        "connect ms    p50 {:.2}  p99 {:.2}  max {:.2}",
+        s.connect.latency.p50_ms, s.connect.latency.p99_ms, s.connect.latency.max_ms
+    );
+    println!(
+        "published     {} / {} msgs x {} B via {} x{} in {:.2} s = {:.0} msgs/s{}",
         count(s.published),
         count(s.msgs),
         s.payload,
         s.publish,
+        s.publishers,
         s.publish_s,
+        s.publish_per_s,
         s.publish_error
             .as_ref()
             .map(|e| format!(" (error: {e})"))
             .unwrap_or_default()
     );
     println!(
-        "delivered     {} / {} ({:.2}%){}, {:.0} msgs/s over {:.2} s",
+        "delivered     {} / {} ({:.2}%){}, {:.0} msgs/s over {:.2} s (busiest bucket {:.0}/s)",
         count(s.delivered),
         count(s.expected),
         if s.expected > 0 {
@@ -382,7 +695,8 @@ fn print_text(s: &Summary) {
         },
         if s.complete { "" } else { " INCOMPLETE" },
         s.delivered_per_s,
-        s.delivery_s
+        s.delivery_s,
+        s.delivered_per_s_peak_bucket
     );
     let l = &s.latency;
     println!(
@@ -397,6 +711,24 @@ fn print_text(s: &Summary) {
     );
     if !s.closes.is_empty() {
         println!("closed early  {}", report::causes(&s.closes));
+    }
+    if let Some(sl) = &s.slow {
+        println!(
+            "fast readers  {} / {} delivered; latency above",
+            count(sl.fast_delivered),
+            count(sl.fast_expected)
+        );
+        println!(
+            "slow readers  {} conns ({}%, {} B reads every {} ms): {} / {} delivered, p99 {:.2} ms; ended: {}",
+            count(sl.conns),
+            sl.fraction * 100.0,
+            sl.read_bytes,
+            sl.read_delay_ms,
+            count(sl.delivered),
+            count(sl.expected),
+            sl.latency.p99_ms,
+            report::causes(&sl.closes)
+        );
     }
     if s.lost_workers > 0 {
         println!("LOST WORKERS  {}", s.lost_workers);
@@ -413,6 +745,17 @@ fn print_text(s: &Summary) {
             report::mib(v.rss_peak)
         ),
         None => println!("server        (no --server-pid)"),
+    }
+    if let Some(h) = &s.herald {
+        println!(
+            "herald        delivered {}, write syscalls {} = {:.4} per delivery ({:.0} B per write), slow-consumer drops {}, 4008 closes {}",
+            count(h.delivered),
+            count(h.write_syscalls),
+            h.write_syscalls_per_delivery,
+            h.bytes_per_write,
+            count(h.dropped_slow_consumer),
+            h.closes_4008
+        );
     }
     println!("ended by      {}", report::causes(&s.ended_by));
 }

@@ -10,10 +10,10 @@ use tokio::time::Instant;
 
 use crate::cli::IdleArgs;
 use crate::control::Workers;
-use crate::plan::Dist;
+use crate::plan::{Dist, TopicSpec};
 use crate::procstat;
 use crate::report::{self, count, ConnectStats};
-use crate::worker::{now_ms, Kind};
+use crate::worker::{now_ms, Kind, SlowSpec, WorkerPlan};
 
 #[derive(Debug, Serialize)]
 struct Summary {
@@ -21,8 +21,10 @@ struct Summary {
     protocol: &'static str,
     target: String,
     workers: u32,
+    source_ips: u32,
     conns: u64,
-    topic: String,
+    /// None with --no-subscribe (upgrade only).
+    topic: Option<String>,
     connect: ConnectStats,
     /// Connections still open when the RSS was read (from worker
     /// progress, at most a second old).
@@ -51,17 +53,32 @@ pub async fn run(a: IdleArgs) -> Result<ExitCode, String> {
     } else {
         Some(procstat::sample(&c.server_pid)?)
     };
-    let plans = c.plans(
-        Kind::Idle,
-        &target,
-        &auth,
-        std::slice::from_ref(&a.topic),
-        Dist::One,
-        1,
-        0,
-        0,
-        now_ms() + a.duration_s * 1000,
-    );
+    let template = WorkerPlan {
+        worker: 0,
+        kind: Kind::Idle,
+        target: target.clone(),
+        auth,
+        conn_start: 0,
+        conn_count: 0,
+        topic_names: vec![a.topic.clone()],
+        topics: TopicSpec {
+            topics: 1,
+            dist: Dist::One,
+            min_per_conn: 1,
+            max_per_conn: 1,
+            seed: 0,
+            room_size: 1,
+        },
+        subscribe: !a.no_subscribe,
+        msgs: 0,
+        sample_ms: 1000,
+        slow: SlowSpec::default(),
+        source_ips: c.source_ips,
+        connect_rate: 0.0,
+        connect_timeout_ms: 0,
+        deadline_unix_ms: now_ms() + a.duration_s * 1000,
+    };
+    let plans = c.plans(&template);
     let mut ws = Workers::spawn(&plans).await?;
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
@@ -119,7 +136,7 @@ pub async fn run(a: IdleArgs) -> Result<ExitCode, String> {
     ws.stop_all().await;
     ws.collect(Duration::from_secs(5)).await;
     ws.reap().await;
-    let m = report::merge(&ws.results);
+    let m = report::merge(&ws.results, 1000);
     let bytes_per_conn = match (before, after) {
         (Some(b), Some(a)) if connect.connected > 0 => {
             Some((a.rss as f64 - b.rss as f64) / connect.connected as f64)
@@ -131,8 +148,9 @@ pub async fn run(a: IdleArgs) -> Result<ExitCode, String> {
         protocol: if target.herald { "herald" } else { "raw" },
         target: c.url.clone().or(c.raw_url.clone()).unwrap_or_default(),
         workers: c.workers,
+        source_ips: c.source_ips,
         conns: c.conns,
-        topic: a.topic.clone(),
+        topic: (!a.no_subscribe || !target.herald).then(|| a.topic.clone()),
         connect,
         open_at_measure,
         closes: m.closes,
@@ -153,6 +171,19 @@ pub async fn run(a: IdleArgs) -> Result<ExitCode, String> {
             s.connect.per_s,
             report::causes(&s.connect.failures),
             count(s.open_at_measure)
+        );
+        let l = &s.connect.latency;
+        println!(
+            "connect ms    p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}  ({})",
+            l.p50_ms,
+            l.p90_ms,
+            l.p99_ms,
+            l.max_ms,
+            if s.topic.is_some() {
+                "TCP + upgrade + SUBSCRIBE ack"
+            } else {
+                "TCP + upgrade"
+            }
         );
         if !s.closes.is_empty() {
             println!("closed early  {}", report::causes(&s.closes));

@@ -15,11 +15,14 @@
 mod cli;
 mod control;
 mod fanout;
+mod html;
 mod idle;
 mod plan;
 mod procstat;
 mod publish;
 mod report;
+mod scrape;
+mod series;
 mod smoke;
 mod worker;
 mod ws;
@@ -35,7 +38,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Worker => worker::main(),
-        Cmd::Fanout(a) => block_on(fanout::run(a)),
+        Cmd::Fanout(a) => block_on(fanout::run(*a)),
         Cmd::Idle(a) => block_on(idle::run(a)),
         Cmd::Smoke(a) => block_on(smoke::run(a)),
     }

@@ -5,10 +5,17 @@
 //! time (u64 big-endian nanoseconds since the UNIX epoch) and, when it has
 //! room, the message's 1-based index within its topic (u64 big-endian), so
 //! receivers can measure latency and, for peers without a seq, check order.
+//!
+//! The HTTP sinks can run K publishers in parallel (`--publishers`), each
+//! on its own keep-alive connection. With at least K topics, publisher `j`
+//! owns the topics `t` with `t % K == j`, so each topic still sees its
+//! messages in order; with fewer topics than publishers they share topics
+//! (message `m` goes to publisher `m % K`) and the index is written as 0,
+//! which tells receivers there is no order to check.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use herald::wire::feed::{self, GatewayFrame};
@@ -18,6 +25,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::series::Series;
 use crate::worker::now_ns;
 
 /// Where publications go.
@@ -49,6 +57,8 @@ pub struct Spec {
     pub payload: usize,
     /// Ingest with rate 0: a PING barrier every this many messages.
     pub barrier_every: u64,
+    /// Parallel HTTP publishers (api, raw).
+    pub publishers: u32,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -72,20 +82,39 @@ pub fn stamp(payload: &mut [u8], ts_ns: u64, index: u64) {
     }
 }
 
-/// What the publisher has done so far, readable while it runs (and after
-/// it was cut off at the time cap).
-#[derive(Debug, Default)]
+/// What the publishers have done so far, readable while they run (and
+/// after they were cut off at the time cap).
+#[derive(Debug)]
 pub struct Live {
     pub sent: AtomicU64,
     pub first_ns: AtomicU64,
     pub last_ns: AtomicU64,
+    /// Publications per bucket of wall-clock time.
+    pub series: Mutex<Series>,
 }
 
 impl Live {
-    fn update(&self, rep: &Report) {
-        self.first_ns.store(rep.first_ns, Ordering::Relaxed);
-        self.last_ns.store(rep.last_ns, Ordering::Relaxed);
-        self.sent.store(rep.published, Ordering::Relaxed);
+    pub fn new(sample_ms: u64) -> Live {
+        Live {
+            sent: AtomicU64::new(0),
+            first_ns: AtomicU64::new(0),
+            last_ns: AtomicU64::new(0),
+            series: Mutex::new(Series::new(sample_ms)),
+        }
+    }
+
+    /// `n` more messages sent, the first at `first_ns`, the last at `last_ns`.
+    fn record(&self, n: u64, first_ns: u64, last_ns: u64) {
+        let _ = self
+            .first_ns
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                (v == 0 || first_ns < v).then_some(first_ns)
+            });
+        self.last_ns.fetch_max(last_ns, Ordering::Relaxed);
+        self.sent.fetch_add(n, Ordering::Relaxed);
+        if let Ok(mut s) = self.series.lock() {
+            s.add(last_ns, n);
+        }
     }
 
     /// A report of the work done so far.
@@ -97,44 +126,143 @@ impl Live {
             ..Report::default()
         }
     }
+
+    pub fn series(&self) -> Series {
+        self.series.lock().map(|s| s.clone()).unwrap_or_default()
+    }
 }
 
 /// Runs the whole publish phase.
 pub async fn run(spec: Spec, progress: Arc<Live>) -> Report {
-    let mut rep = Report::default();
-    let res = match &spec.sink {
-        Sink::Ingest { addr, token } => ingest(&spec, *addr, token, &progress, &mut rep).await,
-        Sink::Api { addr, host, key } => {
-            let auth = format!("Authorization: Bearer {key}\r\n");
-            http(
-                &spec,
-                *addr,
-                host,
-                "/api/publish/",
-                &auth,
-                &progress,
-                &mut rep,
-            )
-            .await
+    let (addr, host, path, extra) = match &spec.sink {
+        Sink::Ingest { addr, token } => {
+            let mut rep = Report::default();
+            if let Err(e) = ingest(&spec, *addr, token, &progress, &mut rep).await {
+                rep.error = Some(e);
+            }
+            return rep;
         }
+        Sink::Api { addr, host, key } => (
+            *addr,
+            host.clone(),
+            "/api/publish/".to_string(),
+            format!("Authorization: Bearer {key}\r\n"),
+        ),
         Sink::Raw { addr, host, prefix } => {
-            let path = format!("{prefix}/pub/");
-            http(&spec, *addr, host, &path, "", &progress, &mut rep).await
+            (*addr, host.clone(), format!("{prefix}/pub/"), String::new())
         }
     };
-    if let Err(e) = res {
-        rep.error = Some(e);
+    let k = spec.publishers.max(1);
+    let t0 = Instant::now();
+    let spec = Arc::new(spec);
+    let mut tasks = tokio::task::JoinSet::new();
+    for j in 0..k {
+        let (spec, host, path, extra, progress) = (
+            spec.clone(),
+            host.clone(),
+            path.clone(),
+            extra.clone(),
+            progress.clone(),
+        );
+        tasks.spawn(async move {
+            let mut rep = Report::default();
+            let who = Who { j, k };
+            let target = HttpTarget {
+                addr,
+                host: &host,
+                path_prefix: &path,
+                extra_headers: &extra,
+            };
+            if let Err(e) = http(&spec, who, t0, &target, &progress, &mut rep).await {
+                rep.error = Some(e);
+            }
+            rep
+        });
     }
-    rep
+    let mut all = Report::default();
+    while let Some(r) = tasks.join_next().await {
+        let r = r.unwrap_or_else(|e| Report {
+            error: Some(format!("publisher task: {e}")),
+            ..Report::default()
+        });
+        all.published += r.published;
+        if r.first_ns > 0 && (all.first_ns == 0 || r.first_ns < all.first_ns) {
+            all.first_ns = r.first_ns;
+        }
+        all.last_ns = all.last_ns.max(r.last_ns);
+        all.done_ns = all.done_ns.max(r.done_ns);
+        if all.error.is_none() {
+            all.error = r.error;
+        }
+        if all.error.is_some() {
+            // One publisher failed: the run is off, stop the others.
+            tasks.abort_all();
+        }
+    }
+    all
+}
+
+/// Publisher `j` of `k`.
+#[derive(Debug, Clone, Copy)]
+struct Who {
+    j: u32,
+    k: u32,
+}
+
+impl Who {
+    /// Whether message `m` is ours, and its per-topic index (0 = shared
+    /// topic, no order).
+    fn owns(&self, m: u64, topics: u64) -> Option<u64> {
+        let k = u64::from(self.k);
+        let j = u64::from(self.j);
+        if topics >= k {
+            ((m % topics) % k == j).then_some(m / topics + 1)
+        } else if m % k == j {
+            Some(if k == 1 { m / topics + 1 } else { 0 })
+        } else {
+            None
+        }
+    }
+}
+
+struct HttpTarget<'a> {
+    addr: SocketAddr,
+    host: &'a str,
+    path_prefix: &'a str,
+    extra_headers: &'a str,
 }
 
 /// Paces message `m` at `t0 + m / rate`.
+///
+/// With a rate, a payload carries the time its message was *scheduled*,
+/// not the time it left: a server that makes the publisher wait (a peer
+/// fans out before it answers the POST) then shows that wait as latency
+/// instead of hiding it by slowing the publisher down (coordinated
+/// omission). Unpaced, the payload carries the actual send time.
+#[derive(Clone, Copy)]
 struct Pacer {
     t0: Instant,
+    /// `t0` on the wall clock, UNIX ns.
+    t0_ns: u64,
     rate: f64,
 }
 
 impl Pacer {
+    fn new(t0: Instant, rate: f64) -> Pacer {
+        // The wall clock of `t0`: now minus what elapsed since.
+        let t0_ns = now_ns().saturating_sub(t0.elapsed().as_nanos() as u64);
+        Pacer { t0, t0_ns, rate }
+    }
+
+    /// What goes into message `m`'s payload, sent at `sent_ns`.
+    fn stamp_ns(&self, m: u64, sent_ns: u64) -> u64 {
+        if self.rate > 0.0 {
+            self.t0_ns + (m as f64 * 1e9 / self.rate) as u64
+        } else {
+            sent_ns
+        }
+    }
+
     /// How many messages are due by now (at least `sent + 1` when unpaced).
     fn due(&self, sent: u64, total: u64, unpaced_batch: u64) -> u64 {
         if self.rate <= 0.0 {
@@ -226,10 +354,7 @@ async fn ingest(
     let mut index = vec![0u64; spec.topics.len()];
     let mut payload = vec![0u8; spec.payload];
     let mut batch = Vec::new();
-    let pacer = Pacer {
-        t0: Instant::now(),
-        rate: spec.rate,
-    };
+    let pacer = Pacer::new(Instant::now(), spec.rate);
     let mut sent = 0u64;
     let mut nonce = 0u64;
     let mut outstanding: Option<u64> = None;
@@ -248,16 +373,17 @@ async fn ingest(
                 if rep.first_ns == 0 {
                     rep.first_ns = ts;
                 }
-                stamp(&mut payload, ts, index[t]);
+                stamp(&mut payload, pacer.stamp_ns(m, ts), index[t]);
                 batch.extend_from_slice(&feed::encode_publish(&spec.topics[t], &payload));
             }
             wr.write_all(&batch)
                 .await
                 .map_err(|e| format!("ingest write: {e}"))?;
+            let batch_first = rep.last_ns.max(rep.first_ns);
             rep.last_ns = now_ns();
+            progress.record(upto - sent, batch_first, rep.last_ns);
             sent = upto;
             rep.published = sent;
-            progress.update(rep);
             if spec.rate <= 0.0 {
                 // Barrier: at most two batches between us and fan-out.
                 nonce += 1;
@@ -437,37 +563,34 @@ impl HttpConn {
 
 async fn http(
     spec: &Spec,
-    addr: SocketAddr,
-    host: &str,
-    path_prefix: &str,
-    extra_headers: &str,
+    who: Who,
+    t0: Instant,
+    target: &HttpTarget<'_>,
     progress: &Live,
     rep: &mut Report,
 ) -> Result<(), String> {
     let mut conn = HttpConn {
-        addr,
+        addr: target.addr,
         stream: None,
         buf: Vec::with_capacity(4096),
     };
     let topics = spec.topics.len() as u64;
-    let mut index = vec![0u64; spec.topics.len()];
     let mut req = Vec::with_capacity(256 + spec.payload);
-    let pacer = Pacer {
-        t0: Instant::now(),
-        rate: spec.rate,
-    };
+    let pacer = Pacer::new(t0, spec.rate);
     for m in 0..spec.msgs {
+        let Some(index) = who.owns(m, topics) else {
+            continue;
+        };
         if pacer.due(m, spec.msgs, 1) <= m {
             pacer.wait_for(m).await;
         }
         let t = (m % topics) as usize;
-        index[t] += 1;
         req.clear();
         req.extend_from_slice(
             format!(
-                "POST {path_prefix}{} HTTP/1.1\r\nHost: {host}\r\n{extra_headers}\
+                "POST {}{} HTTP/1.1\r\nHost: {}\r\n{}\
                  Content-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
-                spec.topics[t], spec.payload
+                target.path_prefix, spec.topics[t], target.host, target.extra_headers, spec.payload
             )
             .as_bytes(),
         );
@@ -477,20 +600,64 @@ async fn http(
         if rep.first_ns == 0 {
             rep.first_ns = ts;
         }
-        stamp(&mut req[body_at..], ts, index[t]);
+        stamp(&mut req[body_at..], pacer.stamp_ns(m, ts), index);
         let status = conn.request(&req).await?;
         if !(200..300).contains(&status) {
             return Err(format!(
-                "POST {path_prefix}{}: HTTP {status}",
-                spec.topics[t]
+                "POST {}{}: HTTP {status}",
+                target.path_prefix, spec.topics[t]
             ));
         }
         rep.last_ns = now_ns();
-        rep.published = m + 1;
-        progress.update(rep);
+        rep.published += 1;
+        progress.record(1, ts, ts);
     }
     rep.done_ns = now_ns();
     Ok(())
+}
+
+/// `GET path` with HTTP/1.0 on a fresh connection, body read to the end.
+pub async fn get(addr: SocketAddr, host: &str, path: &str) -> Result<(u16, Vec<u8>), String> {
+    let mut s = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)
+        .await
+        .map_err(|e| format!("read: {e}"))?;
+    let head = parse_head(&buf)?.ok_or("truncated HTTP response")?;
+    let mut body = buf.split_off(head.len);
+    if head.chunked {
+        body = dechunk(&body)?;
+    } else if let Some(n) = head.content_length {
+        body.truncate(n);
+    }
+    Ok((head.status, body))
+}
+
+/// The data of a complete chunked body.
+fn dechunk(buf: &[u8]) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(buf.len());
+    let mut pos = 0;
+    loop {
+        let eol = buf[pos..]
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or("truncated chunk")?;
+        let line = std::str::from_utf8(&buf[pos..pos + eol]).map_err(|_| "bad chunk size")?;
+        let hex = line.split(';').next().unwrap_or("").trim();
+        let size = usize::from_str_radix(hex, 16).map_err(|_| "bad chunk size")?;
+        pos += eol + 2;
+        if size == 0 {
+            return Ok(out);
+        }
+        let data = buf.get(pos..pos + size).ok_or("truncated chunk")?;
+        out.extend_from_slice(data);
+        pos += size + 2;
+    }
 }
 
 #[cfg(test)]
@@ -525,6 +692,48 @@ mod tests {
         assert!(h.chunked && h.close);
         assert!(parse_head(b"HTTP/1.1 200 OK\r\n").expect("valid").is_none());
         assert!(parse_head(b"garbage\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn paced_stamps_are_the_schedule() {
+        let t0 = Instant::now();
+        let p = Pacer::new(t0, 100.0);
+        let base = p.stamp_ns(0, 0);
+        assert!(base.abs_diff(now_ns()) < 1_000_000_000);
+        assert_eq!(p.stamp_ns(50, 1), base + 500_000_000);
+        let unpaced = Pacer::new(t0, 0.0);
+        assert_eq!(unpaced.stamp_ns(50, 1234), 1234);
+    }
+
+    #[test]
+    fn publishers_split_messages() {
+        // 4 topics, 2 publishers: each owns two topics, in order.
+        let a = Who { j: 0, k: 2 };
+        let b = Who { j: 1, k: 2 };
+        let mine: Vec<_> = (0..8)
+            .filter_map(|m| a.owns(m, 4).map(|i| (m, i)))
+            .collect();
+        assert_eq!(mine, vec![(0, 1), (2, 1), (4, 2), (6, 2)]);
+        assert_eq!(b.owns(5, 4), Some(2));
+        // 1 topic, 3 publishers: shared topic, index 0.
+        let c = Who { j: 2, k: 3 };
+        assert_eq!(c.owns(5, 1), Some(0));
+        assert_eq!(c.owns(4, 1), None);
+        // One publisher: every message, indices from 1.
+        let one = Who { j: 0, k: 1 };
+        assert_eq!(
+            (0..5).filter_map(|m| one.owns(m, 1)).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4, 5]
+        );
+    }
+
+    #[test]
+    fn dechunks() {
+        assert_eq!(
+            dechunk(b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"),
+            Ok(b"abcde".to_vec())
+        );
+        assert!(dechunk(b"3\r\nab").is_err());
     }
 
     #[test]

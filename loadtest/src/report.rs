@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::series::Series;
 use crate::worker::{decode_histogram, new_histogram, Ready, WorkerResult};
 
 /// All workers' results added up.
@@ -15,8 +16,14 @@ pub struct Merged {
     pub failures: BTreeMap<String, u64>,
     pub open_at_end: u64,
     pub expected: u64,
+    pub expected_fast: u64,
     pub received: u64,
     pub unique: u64,
+    pub unique_fast: u64,
+    pub slow_conns: u64,
+    pub closes_slow: BTreeMap<String, u64>,
+    pub hist_slow: Histogram<u64>,
+    pub series: Series,
     pub gaps: u64,
     pub dups: u64,
     pub unexpected: u64,
@@ -35,15 +42,35 @@ fn add_map(into: &mut BTreeMap<String, u64>, from: &BTreeMap<String, u64>) {
     }
 }
 
-pub fn merge(results: &[Option<WorkerResult>]) -> Merged {
+fn add_hist(into: &mut Histogram<u64>, encoded: &str, worker: u32) {
+    if encoded.is_empty() {
+        return;
+    }
+    match decode_histogram(encoded) {
+        Ok(h) => {
+            if let Err(e) = into.add(&h) {
+                eprintln!("worker {worker}: histogram not merged: {e:?}");
+            }
+        }
+        Err(e) => eprintln!("worker {worker}: {e}"),
+    }
+}
+
+pub fn merge(results: &[Option<WorkerResult>], sample_ms: u64) -> Merged {
     let mut m = Merged {
         attempted: 0,
         connected: 0,
         failures: BTreeMap::new(),
         open_at_end: 0,
         expected: 0,
+        expected_fast: 0,
         received: 0,
         unique: 0,
+        unique_fast: 0,
+        slow_conns: 0,
+        closes_slow: BTreeMap::new(),
+        hist_slow: new_histogram(),
+        series: Series::new(sample_ms),
         gaps: 0,
         dups: 0,
         unexpected: 0,
@@ -64,8 +91,14 @@ pub fn merge(results: &[Option<WorkerResult>]) -> Merged {
         add_map(&mut m.failures, &r.failures);
         m.open_at_end += r.open_at_end;
         m.expected += r.expected;
+        m.expected_fast += r.expected_fast;
         m.received += r.received;
         m.unique += r.unique;
+        m.unique_fast += r.unique_fast;
+        m.slow_conns += r.slow_conns;
+        add_map(&mut m.closes_slow, &r.closes_slow);
+        add_hist(&mut m.hist_slow, &r.hist_slow, r.worker);
+        m.series.merge(&r.series);
         m.gaps += r.gaps;
         m.dups += r.dups;
         m.unexpected += r.unexpected;
@@ -74,14 +107,7 @@ pub fn merge(results: &[Option<WorkerResult>]) -> Merged {
             m.first_rx_ns = r.first_rx_ns;
         }
         m.last_rx_ns = m.last_rx_ns.max(r.last_rx_ns);
-        match decode_histogram(&r.hist) {
-            Ok(h) => {
-                if let Err(e) = m.hist.add(&h) {
-                    eprintln!("worker {}: histogram not merged: {e:?}", r.worker);
-                }
-            }
-            Err(e) => eprintln!("worker {}: {e}", r.worker),
-        }
+        add_hist(&mut m.hist, &r.hist, r.worker);
         *m.ended_by.entry(r.ended_by.clone()).or_default() += 1;
     }
     m
@@ -122,18 +148,24 @@ pub struct ConnectStats {
     /// From the first worker's start to the last worker's "all done".
     pub seconds: f64,
     pub per_s: f64,
+    /// Time to establish one connection (TCP connect, upgrade, SUBSCRIBE
+    /// acks), ms.
+    pub latency: Latency,
 }
 
 pub fn connect_stats(ready: &[Option<Ready>]) -> ConnectStats {
     let mut c = ConnectStats::default();
     let (mut start, mut end) = (u64::MAX, 0u64);
+    let mut h = new_histogram();
     for r in ready.iter().flatten() {
         c.attempted += r.attempted;
         c.connected += r.connected;
         add_map(&mut c.failures, &r.failures);
         start = start.min(r.connect_start_ms);
         end = end.max(r.connect_end_ms);
+        add_hist(&mut h, &r.connect_hist, r.worker);
     }
+    c.latency = latency(&h);
     if end >= start && start != u64::MAX {
         c.seconds = (end - start) as f64 / 1000.0;
         c.per_s = if c.seconds > 0.0 {
@@ -206,7 +238,10 @@ mod tests {
             failures: [("refused".to_string(), 1)].into(),
             ..WorkerResult::default()
         };
-        let m = merge(&[Some(r(0, &h1, 50, 60)), Some(r(1, &h2, 40, 90)), None]);
+        let m = merge(
+            &[Some(r(0, &h1, 50, 60)), Some(r(1, &h2, 40, 90)), None],
+            1000,
+        );
         assert_eq!(m.unique, 3);
         assert_eq!(m.hist.len(), 3);
         assert_eq!(m.hist.max(), m.hist.highest_equivalent(5000));

@@ -134,7 +134,7 @@ async fn smoke(a: &SmokeArgs) -> Result<(), String> {
     );
 
     // Subscriber.
-    let mut s = ws::connect(Ipv4Addr::LOCALHOST, addr)
+    let mut s = ws::connect(Ipv4Addr::LOCALHOST, addr, 0)
         .await
         .map_err(|e| format!("connect {addr}: {e}"))?;
     s.write_all(&ws::upgrade_request(

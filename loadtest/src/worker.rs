@@ -9,7 +9,8 @@
 //! worker's shared scratch buffer and are parsed there at once.
 //!
 //! Talk with the parent is line-based: the plan arrives as one JSON line on
-//! stdin, `stop` (or EOF) on stdin ends the run; JSON events go to stdout.
+//! stdin, `drain` (the publisher is done: slow readers stop being slow)
+//! and `stop` (or EOF) follow on stdin; JSON events go to stdout.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -32,7 +33,8 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::plan::{self, Dist, TopicPlan};
+use crate::plan::{self, TopicPlan, TopicSpec};
+use crate::series::Series;
 use crate::ws::{self, FailCause, Header};
 
 /// Bytes taken from a socket per read. Shared by all connections of a
@@ -81,17 +83,33 @@ pub struct WorkerPlan {
     pub conn_start: u64,
     pub conn_count: u64,
     pub topic_names: Vec<String>,
-    pub dist: Dist,
-    pub subs_per_conn: u32,
-    pub seed: u64,
+    pub topics: TopicSpec,
+    /// herald: send the SUBSCRIBEs (idle --no-subscribe: upgrade only).
+    pub subscribe: bool,
     /// Messages the parent will publish (round-robin over the topics).
     pub msgs: u64,
+    /// Width of the delivery time series' buckets, ms.
+    pub sample_ms: u64,
+    pub slow: SlowSpec,
     pub source_ips: u32,
     /// Connection attempts per second for this worker; 0 = all at once.
     pub connect_rate: f64,
     pub connect_timeout_ms: u64,
     /// Hard stop, wall clock.
     pub deadline_unix_ms: u64,
+}
+
+/// Slow readers: a share of the connections that sleep between reads.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SlowSpec {
+    /// Share of the connections that read slowly (0 = none).
+    pub fraction: f64,
+    /// Sleep after each read, ms.
+    pub read_delay_ms: u64,
+    /// Largest read, bytes.
+    pub read_bytes: usize,
+    /// SO_RCVBUF of their sockets, bytes (0 = the system's default).
+    pub rcvbuf: u32,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -103,6 +121,10 @@ pub struct Ready {
     pub connect_start_ms: u64,
     pub connect_end_ms: u64,
     pub expected: u64,
+    /// Time to establish each connection (TCP + upgrade + SUBSCRIBE acks),
+    /// µs, hdrhistogram V2, base64.
+    #[serde(default)]
+    pub connect_hist: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -122,10 +144,21 @@ pub struct WorkerResult {
     pub failures: BTreeMap<String, u64>,
     pub open_at_end: u64,
     pub expected: u64,
+    /// Of `expected`: what the fast (not slow) connections must see.
+    pub expected_fast: u64,
     /// Publications on subscribed topics, duplicates included.
     pub received: u64,
     /// `received` less duplicates: what counts as delivered.
     pub unique: u64,
+    /// Of `unique`: to fast connections.
+    pub unique_fast: u64,
+    /// Slow readers in this worker's share, and how their connections ended.
+    pub slow_conns: u64,
+    pub closes_slow: BTreeMap<String, u64>,
+    /// Latency of the slow readers' deliveries (µs, V2, base64).
+    pub hist_slow: String,
+    /// Deliveries per bucket of wall-clock time.
+    pub series: Series,
     pub gaps: u64,
     pub dups: u64,
     /// Messages that were not a publication of a subscribed topic.
@@ -134,7 +167,8 @@ pub struct WorkerResult {
     pub closes: BTreeMap<String, u64>,
     pub first_rx_ns: u64,
     pub last_rx_ns: u64,
-    /// Latency histogram (µs), hdrhistogram V2, base64.
+    /// Latency histogram of the fast connections (µs), hdrhistogram V2,
+    /// base64.
     pub hist: String,
     /// `complete`, `stop` or `deadline`.
     pub ended_by: String,
@@ -196,21 +230,33 @@ struct Shared {
     names: Vec<Box<[u8]>>,
     tokens: Vec<String>,
     expected: u64,
+    expected_fast: u64,
+    slow_conns: u64,
 
     open: Cell<u64>,
     connected: Cell<u64>,
     finished: Cell<u64>,
     failures: RefCell<BTreeMap<String, u64>>,
     closes: RefCell<BTreeMap<String, u64>>,
+    closes_slow: RefCell<BTreeMap<String, u64>>,
+    connect_hist: RefCell<Histogram<u64>>,
 
     received: Cell<u64>,
     unique: Cell<u64>,
+    unique_fast: Cell<u64>,
+    /// Slow connections that are done: all received, closed, or failed.
+    slow_settled: Cell<u64>,
+    /// Set by `drain` from the parent (the publisher is done): slow
+    /// readers read at full speed from now on, so they reach their end.
+    drain: Cell<bool>,
     gaps: Cell<u64>,
     dups: Cell<u64>,
     unexpected: Cell<u64>,
     first_rx: Cell<u64>,
     last_rx: Cell<u64>,
     hist: RefCell<Histogram<u64>>,
+    hist_slow: RefCell<Histogram<u64>>,
+    series: RefCell<Series>,
 
     scratch: RefCell<Vec<u8>>,
     connect_done: Notify,
@@ -232,6 +278,22 @@ impl Shared {
 
     fn bump(c: &Cell<u64>, n: u64) {
         c.set(c.get() + n);
+    }
+
+    /// Every fast delivery is in and every slow reader is settled.
+    fn complete(&self) -> bool {
+        self.unique_fast.get() >= self.expected_fast && self.slow_settled.get() >= self.slow_conns
+    }
+
+    fn check_complete(&self) {
+        if self.plan.kind == Kind::Fanout && self.complete() {
+            self.all_received.notify_one();
+        }
+    }
+
+    fn settle_slow(&self) {
+        Shared::bump(&self.slow_settled, 1);
+        self.check_complete();
     }
 
     fn token(&self, idx: u64) -> Option<String> {
@@ -268,8 +330,14 @@ impl Shared {
             failures: self.failures.borrow().clone(),
             open_at_end: self.open.get(),
             expected: self.expected,
+            expected_fast: self.expected_fast,
             received: self.received.get(),
             unique: self.unique.get(),
+            unique_fast: self.unique_fast.get(),
+            slow_conns: self.slow_conns,
+            closes_slow: self.closes_slow.borrow().clone(),
+            hist_slow: encode_histogram(&self.hist_slow.borrow()),
+            series: self.series.borrow().clone(),
             gaps: self.gaps.get(),
             dups: self.dups.get(),
             unexpected: self.unexpected.get(),
@@ -334,6 +402,11 @@ struct Conn {
     pending: u32,
     sub_error: Option<u16>,
     mask: [u8; 4],
+    /// A slow reader: small reads, a sleep after each.
+    slow: bool,
+    /// Deliveries this connection must see, and has seen (unique).
+    expected: u64,
+    got: u64,
 }
 
 impl Conn {
@@ -365,11 +438,16 @@ impl Conn {
     ) -> Poll<Result<Option<Ctrl>, End>> {
         let mut scratch = w.scratch.borrow_mut();
         let l = self.leftover.len();
+        let chunk = if self.slow && !w.drain.get() {
+            w.plan.slow.read_bytes.clamp(1, READ_CHUNK)
+        } else {
+            READ_CHUNK
+        };
         let want = (l + READ_CHUNK).max(self.need);
         if scratch.len() < want {
             scratch.resize(want, 0);
         }
-        let mut rb = ReadBuf::new(&mut scratch[l..]);
+        let mut rb = ReadBuf::new(&mut scratch[l..l + chunk]);
         match Pin::new(&mut self.stream).poll_read(cx, &mut rb) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(Err(e)) => return Poll::Ready(Err(End::Io(e.kind()))),
@@ -381,7 +459,11 @@ impl Conn {
         }
         scratch[..l].copy_from_slice(&self.leftover);
         let filled = l + n;
-        let (used, ctrl) = match self.process(w, &scratch[..filled], now_ns()) {
+        let now = now_ns();
+        let before = w.unique.get();
+        let res = self.process(w, &scratch[..filled], now);
+        w.series.borrow_mut().add(now, w.unique.get() - before);
+        let (used, ctrl) = match res {
             Ok(x) => x,
             Err(e) => return Poll::Ready(Err(e)),
         };
@@ -520,12 +602,14 @@ impl Conn {
         };
         Shared::bump(&w.received, 1);
         // Raw peers have no seq: the publisher writes a per-topic index
-        // (from 1) after the timestamp when the payload has room.
+        // (from 1) after the timestamp when the payload has room; 0 when
+        // parallel publishers share a topic (no order to check).
         let seq = seq.or_else(|| {
             payload
                 .get(8..16)
                 .and_then(|b| <[u8; 8]>::try_from(b).ok())
                 .map(u64::from_be_bytes)
+                .filter(|&i| i > 0)
         });
         if let Some(s) = seq {
             if s <= sub.last_seq {
@@ -538,10 +622,19 @@ impl Conn {
             sub.last_seq = s;
         }
         Shared::bump(&w.unique, 1);
+        self.got += 1;
+        let hist = if self.slow {
+            if self.got == self.expected {
+                w.settle_slow();
+            }
+            &w.hist_slow
+        } else {
+            Shared::bump(&w.unique_fast, 1);
+            &w.hist
+        };
         if let Some(ts) = payload.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
             let sent = u64::from_be_bytes(ts);
-            w.hist
-                .borrow_mut()
+            hist.borrow_mut()
                 .saturating_record(now.saturating_sub(sent) / 1000);
         }
         if w.first_rx.get() == 0 {
@@ -551,10 +644,19 @@ impl Conn {
     }
 }
 
-async fn establish(w: &Shared, idx: u64) -> Result<Conn, FailCause> {
+async fn establish(w: &Shared, idx: u64, slow: bool) -> Result<Conn, FailCause> {
     let t = &w.plan.target;
-    let mut topics = Vec::with_capacity(w.topic_plan.per_conn() as usize);
-    w.topic_plan.topics_for(idx, &mut topics);
+    let mut topics = Vec::with_capacity(w.topic_plan.max_per_conn() as usize);
+    let expected = match w.plan.kind {
+        Kind::Fanout => plan::conn_expected(&w.topic_plan, w.plan.msgs, idx, &mut topics),
+        Kind::Idle => {
+            w.topic_plan.topics_for(idx, &mut topics);
+            0
+        }
+    };
+    if t.herald && !w.plan.subscribe {
+        topics.clear();
+    }
     let req = if t.herald {
         let token = w.token(idx);
         ws::upgrade_request(&t.host, &t.path, idx, Some("herald.v1"), token.as_deref())
@@ -564,7 +666,8 @@ async fn establish(w: &Shared, idx: u64) -> Result<Conn, FailCause> {
         ws::upgrade_request(&t.host, &path, idx, None, None)
     };
     let src = plan::source_ip(idx, w.plan.source_ips);
-    let mut stream = ws::connect(src, t.addr)
+    let rcvbuf = if slow { w.plan.slow.rcvbuf } else { 0 };
+    let mut stream = ws::connect(src, t.addr, rcvbuf)
         .await
         .map_err(|e| FailCause::from_io(&e))?;
     stream
@@ -591,9 +694,12 @@ async fn establish(w: &Shared, idx: u64) -> Result<Conn, FailCause> {
         pending: if t.herald { topics.len() as u32 } else { 0 },
         sub_error: None,
         mask: m.to_be_bytes(),
+        slow,
+        expected,
+        got: 0,
     };
     drop(head);
-    if t.herald {
+    if t.herald && !topics.is_empty() {
         let mut out = Vec::with_capacity(32 * topics.len());
         for (i, &topic) in topics.iter().enumerate() {
             let name = String::from_utf8_lossy(&w.names[topic as usize]).into_owned();
@@ -619,22 +725,42 @@ async fn establish(w: &Shared, idx: u64) -> Result<Conn, FailCause> {
 
 async fn conn_task(w: Rc<Shared>, idx: u64) {
     let limit = Duration::from_millis(w.plan.connect_timeout_ms);
+    let slow = plan::is_slow(idx, w.plan.slow.fraction);
+    let t0 = Instant::now();
     // Boxed so that its (large) state is freed once the connection is up
     // instead of sizing every connection's task for it.
-    let mut conn = match Box::pin(tokio::time::timeout(limit, establish(&w, idx))).await {
-        Ok(Ok(c)) => c,
-        Ok(Err(cause)) => return w.fail(cause),
-        Err(_) => return w.fail(FailCause::Timeout),
+    let res = match Box::pin(tokio::time::timeout(limit, establish(&w, idx, slow))).await {
+        Ok(r) => r,
+        Err(_) => Err(FailCause::Timeout),
     };
+    let mut conn = match res {
+        Ok(c) => c,
+        Err(cause) => {
+            w.fail(cause);
+            if slow {
+                w.settle_slow();
+            }
+            return;
+        }
+    };
+    w.connect_hist
+        .borrow_mut()
+        .saturating_record(t0.elapsed().as_micros() as u64);
     Shared::bump(&w.connected, 1);
     Shared::bump(&w.open, 1);
     w.finish_one();
+    if slow && conn.got >= conn.expected {
+        w.settle_slow();
+    }
+    let delay = Duration::from_millis(w.plan.slow.read_delay_ms);
     let end = loop {
         if let Err(e) = conn.read_once(&w).await {
             break e;
         }
-        if w.expected > 0 && w.unique.get() >= w.expected {
-            w.all_received.notify_one();
+        if !slow {
+            w.check_complete();
+        } else if !delay.is_zero() && !w.drain.get() {
+            tokio::time::sleep(delay).await;
         }
     };
     w.open.set(w.open.get() - 1);
@@ -642,7 +768,11 @@ async fn conn_task(w: Rc<Shared>, idx: u64) {
         let echo = if code == 1005 { 1000 } else { code };
         ws::send_close(&mut conn.stream, echo, conn.mask).await;
     }
-    *w.closes.borrow_mut().entry(end.label()).or_default() += 1;
+    let closes = if slow { &w.closes_slow } else { &w.closes };
+    *closes.borrow_mut().entry(end.label()).or_default() += 1;
+    if slow && conn.got < conn.expected {
+        w.settle_slow();
+    }
 }
 
 async fn launch(w: Rc<Shared>) {
@@ -713,15 +843,21 @@ async fn run() -> Result<(), String> {
         .map_err(|e| format!("reading the plan: {e}"))?;
     let plan: WorkerPlan =
         serde_json::from_str(&line).map_err(|e| format!("bad plan on stdin: {e}"))?;
-    let topics = plan.topic_names.len() as u32;
-    let topic_plan = TopicPlan::new(topics, plan.subs_per_conn, plan.dist, plan.seed)?;
-    let expected = match plan.kind {
-        Kind::Fanout => plan::expected_deliveries(
-            &topic_plan,
-            plan.msgs,
-            topics,
-            plan.conn_start..plan.conn_start + plan.conn_count,
-        ),
+    if plan.topic_names.len() != plan.topics.topics as usize {
+        return Err("plan: topic names and count differ".into());
+    }
+    let topic_plan = TopicPlan::new(&plan.topics)?;
+    let range = plan.conn_start..plan.conn_start + plan.conn_count;
+    let (expected_fast, expected_slow) = match plan.kind {
+        Kind::Fanout => {
+            plan::expected_deliveries(&topic_plan, plan.msgs, range.clone(), plan.slow.fraction)
+        }
+        Kind::Idle => (0, 0),
+    };
+    let slow_conns = match plan.kind {
+        Kind::Fanout => range
+            .filter(|&c| plan::is_slow(c, plan.slow.fraction))
+            .count() as u64,
         Kind::Idle => 0,
     };
     let w = Rc::new(Shared {
@@ -732,20 +868,29 @@ async fn run() -> Result<(), String> {
             .map(|n| n.as_bytes().into())
             .collect(),
         topic_plan,
-        expected,
+        expected: expected_fast + expected_slow,
+        expected_fast,
+        slow_conns,
         open: Cell::new(0),
         connected: Cell::new(0),
         finished: Cell::new(0),
         failures: RefCell::default(),
         closes: RefCell::default(),
+        closes_slow: RefCell::default(),
+        connect_hist: RefCell::new(new_histogram()),
         received: Cell::new(0),
         unique: Cell::new(0),
+        unique_fast: Cell::new(0),
+        slow_settled: Cell::new(0),
+        drain: Cell::new(false),
         gaps: Cell::new(0),
         dups: Cell::new(0),
         unexpected: Cell::new(0),
         first_rx: Cell::new(0),
         last_rx: Cell::new(0),
         hist: RefCell::new(new_histogram()),
+        hist_slow: RefCell::new(new_histogram()),
+        series: RefCell::new(Series::new(plan.sample_ms)),
         scratch: RefCell::new(Vec::new()),
         connect_done: Notify::new(),
         all_received: Notify::new(),
@@ -755,6 +900,7 @@ async fn run() -> Result<(), String> {
     let stop = Rc::new(Notify::new());
     {
         let stop = stop.clone();
+        let w = w.clone();
         tokio::task::spawn_local(async move {
             let mut l = String::new();
             loop {
@@ -762,6 +908,7 @@ async fn run() -> Result<(), String> {
                 match stdin.read_line(&mut l).await {
                     Ok(0) | Err(_) => break,
                     Ok(_) if l.trim() == "stop" => break,
+                    Ok(_) if l.trim() == "drain" => w.drain.set(true),
                     Ok(_) => {}
                 }
             }
@@ -817,10 +964,11 @@ async fn run() -> Result<(), String> {
         connect_start_ms,
         connect_end_ms: now_ms(),
         expected: w.expected,
+        connect_hist: encode_histogram(&w.connect_hist.borrow()),
     }));
     let ended_by = match early {
         Some(e) => e,
-        None if w.plan.kind == Kind::Fanout && w.unique.get() >= w.expected => "complete",
+        None if w.plan.kind == Kind::Fanout && w.complete() => "complete",
         None if w.plan.kind == Kind::Fanout => tokio::select! {
             _ = w.all_received.notified() => "complete",
             _ = stop.notified() => "stop",

@@ -91,9 +91,15 @@ impl FailCause {
 /// targets and ports in TIME_WAIT from earlier runs are reused on loopback
 /// (tcp_tw_reuse = 2), instead of each bound socket owning a port of the
 /// ~28k range outright.
-pub async fn connect(src: Ipv4Addr, dst: SocketAddr) -> io::Result<TcpStream> {
+///
+/// `rcvbuf` > 0 sets `SO_RCVBUF` first (slow readers: a small window makes
+/// the server's queue fill instead of the kernel's buffers).
+pub async fn connect(src: Ipv4Addr, dst: SocketAddr, rcvbuf: u32) -> io::Result<TcpStream> {
     let sock = TcpSocket::new_v4()?;
     set_bind_no_port(&sock);
+    if rcvbuf > 0 {
+        sock.set_recv_buffer_size(rcvbuf)?;
+    }
     sock.bind(SocketAddr::from((src, 0)))?;
     let s = sock.connect(dst).await?;
     s.set_nodelay(true)?;
