@@ -148,16 +148,21 @@ fn measure(
     ALLOCS.load(Ordering::Relaxed)
 }
 
-#[test]
-fn delivery_allocates_nothing_per_subscriber() {
+/// A gateway on free loopback ports with two shards.
+fn start(tweak: impl FnOnce(&mut Config)) -> herald::Server {
     let mut cfg = Config::default();
     cfg.listen.ws = "127.0.0.1:0".parse().unwrap();
     cfg.listen.ingest = "127.0.0.1:0".parse().unwrap();
     cfg.listen.admin = "127.0.0.1:0".parse().unwrap();
     cfg.auth.hs256_secret = SECRET.into();
     cfg.shards.count = 2;
-    cfg.hub.history_size = 16;
-    let server = herald::Server::start(cfg, Arc::new(herald::LogHandler)).unwrap();
+    tweak(&mut cfg);
+    herald::Server::start(cfg, Arc::new(herald::LogHandler)).unwrap()
+}
+
+#[test]
+fn delivery_allocates_nothing_per_subscriber() {
+    let server = start(|cfg| cfg.hub.history_size = 16);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -205,13 +210,7 @@ fn delivery_allocates_nothing_per_subscriber() {
 /// gateway's per-connection memory is made of, minus the kernel's socket.
 #[test]
 fn an_idle_subscribed_session_keeps_little_heap() {
-    let mut cfg = Config::default();
-    cfg.listen.ws = "127.0.0.1:0".parse().unwrap();
-    cfg.listen.ingest = "127.0.0.1:0".parse().unwrap();
-    cfg.listen.admin = "127.0.0.1:0".parse().unwrap();
-    cfg.auth.hs256_secret = SECRET.into();
-    cfg.shards.count = 2;
-    let server = herald::Server::start(cfg, Arc::new(herald::LogHandler)).unwrap();
+    let server = start(|_| {});
     // Warm-up: the topic, the shard tables and the runtimes' first growth.
     let warm: Vec<TcpStream> = (0..64)
         .map(|_| subscriber(server.ws_addr(), "idle.t"))
