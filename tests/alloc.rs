@@ -148,6 +148,9 @@ fn measure(
     ALLOCS.load(Ordering::Relaxed)
 }
 
+/// The counters are process-wide: the two tests must not overlap.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A gateway on free loopback ports with two shards.
 fn start(tweak: impl FnOnce(&mut Config)) -> herald::Server {
     let mut cfg = Config::default();
@@ -162,6 +165,7 @@ fn start(tweak: impl FnOnce(&mut Config)) -> herald::Server {
 
 #[test]
 fn delivery_allocates_nothing_per_subscriber() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let server = start(|cfg| cfg.hub.history_size = 16);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -210,6 +214,7 @@ fn delivery_allocates_nothing_per_subscriber() {
 /// gateway's per-connection memory is made of, minus the kernel's socket.
 #[test]
 fn an_idle_subscribed_session_keeps_little_heap() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let server = start(|_| {});
     // Warm-up: the topic, the shard tables and the runtimes' first growth.
     let warm: Vec<TcpStream> = (0..64)
