@@ -1,13 +1,16 @@
 //! The parent's side of the worker processes: spawn `herald-load worker`
 //! children, hand each its plan, follow their events, stop and reap them.
 
+use std::future::Future;
 use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
+use tokio::time::{Instant, Interval};
 
+use crate::report::count;
 use crate::worker::{Event, Progress, Ready, WorkerPlan, WorkerResult};
 
 pub enum Msg {
@@ -89,6 +92,36 @@ impl Workers {
             Msg::Exited => self.exited[i] = true,
         }
         Some(i)
+    }
+
+    /// Follows the workers until every one is connected (or has exited),
+    /// `deadline` passes or `ctrl_c` fires, printing progress on each
+    /// `tick` unless `quiet`. Returns true if interrupted.
+    pub async fn wait_ready<F: Future + Unpin>(
+        &mut self,
+        conns: u64,
+        start: Instant,
+        deadline: Instant,
+        quiet: bool,
+        tick: &mut Interval,
+        ctrl_c: &mut F,
+    ) -> bool {
+        while !self.all_ready() {
+            tokio::select! {
+                r = self.next() => if r.is_none() { break },
+                _ = tick.tick() => if !quiet {
+                    eprintln!(
+                        "[{:>4.0}s] connecting: {} / {} open",
+                        start.elapsed().as_secs_f64(),
+                        count(self.open()),
+                        count(conns)
+                    );
+                },
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = &mut *ctrl_c => return true,
+            }
+        }
+        false
     }
 
     pub fn all_ready(&self) -> bool {

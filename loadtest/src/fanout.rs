@@ -261,21 +261,13 @@ pub async fn run(a: FanoutArgs) -> Result<ExitCode, String> {
     let mut ws = Workers::spawn(&plans).await?;
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
-    let mut interrupted = false;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
 
     // Connect phase.
-    while !ws.all_ready() {
-        tokio::select! {
-            r = ws.next() => if r.is_none() { break },
-            _ = tick.tick() => if !quiet {
-                eprintln!("[{:>4.0}s] connecting: {} / {} open", start.elapsed().as_secs_f64(), count(ws.open()), count(c.conns));
-            },
-            _ = tokio::time::sleep_until(deadline) => break,
-            _ = &mut ctrl_c, if !interrupted => { interrupted = true; break }
-        }
-    }
+    let mut interrupted = ws
+        .wait_ready(c.conns, start, deadline, quiet, &mut tick, &mut ctrl_c)
+        .await;
     let connect = report::connect_stats(&ws.ready);
     if !quiet {
         eprintln!(
