@@ -15,7 +15,8 @@ use crate::config::Config;
 use crate::handler::Handler;
 use crate::http::limits::ConnLimits;
 use crate::http::Gate;
-use crate::hub::Hub;
+use crate::hub::home::HomeSettings;
+use crate::hub::{self, Hub};
 use crate::ingest::{self, IngestConfig};
 use crate::shard::{self, Lifecycle, Shared};
 
@@ -48,6 +49,8 @@ pub struct Server {
     /// `None` once shut down; `Drop` must not drop a runtime from inside
     /// another (it panics), so it always goes through `shutdown_background`.
     control: Option<tokio::runtime::Runtime>,
+    /// The home tasks (sequencing); same rule as `control`.
+    home: Option<tokio::runtime::Runtime>,
     drain: Duration,
 }
 
@@ -72,6 +75,19 @@ impl Server {
             draining: AtomicBool::new(false),
         };
         let (hub, inboxes) = Hub::new(n, config.hub.inbox_capacity);
+        let home = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.hub.home_threads)
+            .thread_name("herald-home")
+            .enable_all()
+            .build()
+            .map_err(StartError::Thread)?;
+        let home_settings = HomeSettings {
+            history: config.hub.history_size,
+            topic_ttl: Duration::from_secs(config.hub.topic_idle_ttl_s),
+        };
+        for (id, rx) in inboxes.homes.into_iter().enumerate() {
+            home.spawn(hub::home::run(id, hub.clone(), rx, home_settings));
+        }
         let shared = Arc::new(Shared::new(config.clone(), gate, hub.clone(), handler));
 
         let backlog = config.listen.backlog as i32;
@@ -84,7 +100,7 @@ impl Server {
 
         let (lifecycle, lifecycle_rx) = watch::channel(Lifecycle::Running);
         let mut shards = Vec::with_capacity(n);
-        for (id, (inbox, listener)) in inboxes.into_iter().zip(ws).enumerate() {
+        for (id, (inbox, listener)) in inboxes.shards.into_iter().zip(ws).enumerate() {
             shards.push(
                 shard::spawn(id, shared.clone(), inbox, listener, lifecycle_rx.clone())
                     .map_err(StartError::Thread)?,
@@ -158,6 +174,7 @@ impl Server {
             stop_admin,
             shards,
             control: Some(control),
+            home: Some(home),
             drain: Duration::from_millis(config.timeouts.drain_ms),
         })
     }
@@ -222,6 +239,9 @@ impl Server {
         if let Some(rt) = self.control.take() {
             rt.shutdown_background();
         }
+        if let Some(rt) = self.home.take() {
+            rt.shutdown_background();
+        }
         tracing::info!(
             clean,
             elapsed_ms = started.elapsed().as_millis() as u64,
@@ -247,6 +267,9 @@ impl Drop for Server {
         let _ = self.stop_admin.send(true);
         let _ = self.stop_ingest.send(true);
         if let Some(rt) = self.control.take() {
+            rt.shutdown_background();
+        }
+        if let Some(rt) = self.home.take() {
             rt.shutdown_background();
         }
     }

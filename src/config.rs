@@ -222,6 +222,9 @@ pub struct Hub {
     /// Messages kept per topic for recovery (`since`).
     pub history_size: usize,
     pub inbox_capacity: usize,
+    /// Threads of the `herald-home` runtime, which sequences every topic
+    /// (one home task per shard-count partition).
+    pub home_threads: usize,
     /// A topic with no subscriber and no publication for this long is dropped.
     pub topic_idle_ttl_s: u64,
 }
@@ -231,6 +234,7 @@ impl Default for Hub {
         Hub {
             history_size: 128,
             inbox_capacity: 8192,
+            home_threads: 1,
             topic_idle_ttl_s: 300,
         }
     }
@@ -509,6 +513,9 @@ impl Config {
         }
         if h.inbox_capacity < 16 {
             return invalid("hub.inbox_capacity", "must be at least 16");
+        }
+        if !(1..=256).contains(&h.home_threads) {
+            return invalid("hub.home_threads", "must be 1 to 256");
         }
 
         if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.log.level) {
@@ -864,6 +871,7 @@ mod tests {
             ("[limits]\nclient_burst = 0", "limits.client_burst"),
             ("[hub]\nhistory_size = 0", "hub.history_size"),
             ("[hub]\ninbox_capacity = 15", "hub.inbox_capacity"),
+            ("[hub]\nhome_threads = 0", "hub.home_threads"),
             ("[timeouts]\ntick_ms = 5", "timeouts.tick_ms"),
             ("[timeouts]\ntick_ms = 2000", "timeouts.tick_ms"),
             (

@@ -38,7 +38,7 @@ fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_gauge!("herald_connections", "Open WebSocket sessions, by shard");
     describe_gauge!("herald_subscriptions", "Active subscriptions, by shard");
-    describe_gauge!("herald_topics", "Topics known to their home shard");
+    describe_gauge!("herald_topics", "Topics sequenced by each home partition");
     describe_counter!("herald_handshakes_total", "WebSocket handshakes, by result");
     describe_counter!("herald_published_total", "Messages published, by source");
     describe_counter!(
@@ -102,7 +102,6 @@ pub struct ShardMetrics {
     pub fanout: Histogram,
     pub handshake: Histogram,
     pub published_client: Counter,
-    pub topics: Gauge,
 }
 
 impl ShardMetrics {
@@ -120,9 +119,13 @@ impl ShardMetrics {
             fanout: histogram!("herald_fanout_seconds"),
             handshake: histogram!("herald_handshake_seconds"),
             published_client: counter!("herald_published_total", "source" => "client"),
-            topics: gauge!("herald_topics", "shard" => s),
         }
     }
+}
+
+/// The topic count of home partition `home`.
+pub fn home_topics(home: usize) -> Gauge {
+    gauge!("herald_topics", "home" => home.to_string())
 }
 
 pub fn handshake(result: &'static str) {

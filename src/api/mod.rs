@@ -235,12 +235,14 @@ async fn disconnect(api: &Api, req: Request<Incoming>) -> Response<Full<Bytes>> 
 fn stats(api: &Api) -> Response<Full<Bytes>> {
     let mut shards = Vec::new();
     let (mut conns, mut subs, mut topics, mut delivered, mut published) = (0, 0, 0, 0, 0);
+    let homes = api.hub.home_stats();
     for (i, s) in api.shared.stats.iter().enumerate() {
         let c = s.connections.load(Ordering::Relaxed);
         let sb = s.subscriptions.load(Ordering::Relaxed);
-        let t = s.topics_home.load(Ordering::Relaxed);
+        // Partition i of the topics; there are as many as shards.
+        let t = homes[i].topics.load(Ordering::Relaxed);
         let d = s.delivered.load(Ordering::Relaxed);
-        let p = s.published.load(Ordering::Relaxed);
+        let p = homes[i].published.load(Ordering::Relaxed);
         conns += c;
         subs += sb;
         topics += t;

@@ -12,6 +12,7 @@
 //! This module never touches a socket and never awaits anything but its own
 //! bounded channels.
 
+pub mod home;
 pub mod ring;
 
 use std::collections::HashMap;
@@ -109,36 +110,47 @@ pub struct Hub {
 struct HubInner {
     home: Vec<mpsc::Sender<HomeMsg>>,
     shards: Vec<mpsc::Sender<ShardMsg>>,
+    home_stats: Box<[home::HomeStats]>,
 }
 
-/// The receiving ends, handed to each shard thread when it starts.
-pub struct ShardInboxes {
-    pub home: mpsc::Receiver<HomeMsg>,
-    pub delivery: mpsc::Receiver<ShardMsg>,
+/// The receiving ends: one home inbox per topic partition (for
+/// [`home::run`]), one delivery inbox per shard.
+pub struct Inboxes {
+    pub homes: Vec<mpsc::Receiver<HomeMsg>>,
+    pub shards: Vec<mpsc::Receiver<ShardMsg>>,
 }
 
 impl Hub {
-    pub fn new(shards: usize, capacity: usize) -> (Hub, Vec<ShardInboxes>) {
+    /// A hub for `shards` delivery shards and as many topic partitions
+    /// (homes), every inbox `capacity` messages deep.
+    pub fn new(shards: usize, capacity: usize) -> (Hub, Inboxes) {
         let mut home = Vec::with_capacity(shards);
         let mut deliver = Vec::with_capacity(shards);
-        let mut inboxes = Vec::with_capacity(shards);
+        let mut inboxes = Inboxes {
+            homes: Vec::with_capacity(shards),
+            shards: Vec::with_capacity(shards),
+        };
         for _ in 0..shards {
             let (htx, hrx) = mpsc::channel(capacity);
             let (dtx, drx) = mpsc::channel(capacity);
             home.push(htx);
             deliver.push(dtx);
-            inboxes.push(ShardInboxes {
-                home: hrx,
-                delivery: drx,
-            });
+            inboxes.homes.push(hrx);
+            inboxes.shards.push(drx);
         }
         let hub = Hub {
             inner: Arc::new(HubInner {
+                home_stats: (0..shards).map(|_| home::HomeStats::default()).collect(),
                 home,
                 shards: deliver,
             }),
         };
         (hub, inboxes)
+    }
+
+    /// Per-partition counts, indexed like the home inboxes.
+    pub fn home_stats(&self) -> &[home::HomeStats] {
+        &self.inner.home_stats
     }
 
     pub fn shard_count(&self) -> usize {

@@ -39,7 +39,7 @@ use tokio::task::{spawn_local, LocalSet};
 use crate::config::Config;
 use crate::handler::Handler;
 use crate::http::{Accepted, Gate};
-use crate::hub::{HomeMsg, HomeState, Hub, SessionKey, ShardInboxes, ShardMsg, SubscribeAck};
+use crate::hub::{BarrierToken, HomeMsg, Hub, SessionKey, ShardMsg, SubscribeAck};
 use crate::metrics::{self as m, ShardMetrics};
 use crate::wire::client::subscribe_reply_frame;
 use session::{Phase, ReadyQueue, Session, SubSlot};
@@ -76,10 +76,8 @@ impl Shared {
 pub struct ShardStats {
     pub connections: AtomicU64,
     pub subscriptions: AtomicU64,
-    pub topics_home: AtomicU64,
     pub local_topics: AtomicU64,
     pub delivered: AtomicU64,
-    pub published: AtomicU64,
 }
 
 /// What the process tells its shards.
@@ -107,8 +105,6 @@ struct Settings {
     pong_timeout: Duration,
     close: Duration,
     tick: Duration,
-    history: usize,
-    topic_ttl: Duration,
     leeway_s: u64,
 }
 
@@ -127,8 +123,6 @@ impl Settings {
             pong_timeout: Duration::from_millis(c.timeouts.pong_timeout_ms),
             close: Duration::from_millis(c.timeouts.close_ms),
             tick: Duration::from_millis(c.timeouts.tick_ms),
-            history: c.hub.history_size,
-            topic_ttl: Duration::from_secs(c.hub.topic_idle_ttl_s),
             leeway_s: c.auth.leeway_s,
         }
     }
@@ -138,7 +132,7 @@ impl Settings {
 pub fn spawn(
     id: usize,
     shared: Arc<Shared>,
-    inboxes: ShardInboxes,
+    inbox: mpsc::Receiver<ShardMsg>,
     listener: std::net::TcpListener,
     lifecycle: watch::Receiver<Lifecycle>,
 ) -> io::Result<std::thread::JoinHandle<()>> {
@@ -156,14 +150,14 @@ pub fn spawn(
                 }
             };
             let local = LocalSet::new();
-            local.block_on(&rt, run(id, shared, inboxes, listener, lifecycle));
+            local.block_on(&rt, run(id, shared, inbox, listener, lifecycle));
         })
 }
 
 async fn run(
     id: usize,
     shared: Arc<Shared>,
-    inboxes: ShardInboxes,
+    inbox: mpsc::Receiver<ShardMsg>,
     listener: std::net::TcpListener,
     mut lifecycle: watch::Receiver<Lifecycle>,
 ) {
@@ -183,8 +177,7 @@ async fn run(
         }
         Err(e) => tracing::error!(shard = id, error = %e, "cannot register listener"),
     }
-    spawn_local(home_task(shard.clone(), inboxes.home));
-    spawn_local(delivery_task(shard.clone(), inboxes.delivery));
+    spawn_local(delivery_task(shard.clone(), inbox));
     spawn_local(ticker(shard.clone()));
     spawn_local(reactor(shard.clone()));
     while *lifecycle.borrow_and_update() != Lifecycle::Exit {
@@ -306,6 +299,11 @@ struct WriteAcc {
 }
 
 const IOV_MAX: usize = 128;
+
+/// Budget of one delivery batch: publications, and frames queued to
+/// sessions (8 bytes of arena each, so the arena stays under 4 MiB).
+const MAX_BATCH_FRAMES: usize = 8192;
+const MAX_BATCH_LINKS: usize = 512 * 1024;
 
 impl Shard {
     fn stats(&self) -> &ShardStats {
@@ -466,6 +464,50 @@ impl Shard {
         }
     }
 
+    /// Adds one inbox message to the current batch (or acts on it).
+    fn take(
+        &self,
+        st: &mut State,
+        msg: ShardMsg,
+        max_outbox: usize,
+        acc: &mut WriteAcc,
+        barriers: &mut Vec<BarrierToken>,
+    ) {
+        match msg {
+            ShardMsg::Deliver {
+                topic, frame, at, ..
+            } => {
+                let State { topics, batch, .. } = st;
+                let Some(list) = topics.get(&topic) else {
+                    return;
+                };
+                let fi = batch.push_frame(frame);
+                batch.at.push(at);
+                for s in list {
+                    batch.enqueue(s, fi, max_outbox, acc);
+                }
+            }
+            ShardMsg::Subscribed(ack) => self.activate(st, *ack),
+            ShardMsg::Barrier(token) => barriers.push(token),
+            ShardMsg::Disconnect { user, reply } => {
+                let mut n = 0;
+                for (_, s) in st.sessions.iter() {
+                    if s.phase.get() == Phase::Open && s.claims.borrow().sub == user {
+                        s.close(4003, "disconnected by the operator");
+                        n += 1;
+                    }
+                }
+                let _ = reply.send(n);
+            }
+            ShardMsg::Drain => {
+                st.draining = true;
+                for (_, s) in st.sessions.iter() {
+                    s.close(1001, "going away");
+                }
+            }
+        }
+    }
+
     /// Writes everything the batch queued, one vectored write per session
     /// as long as the socket takes it.
     fn flush_batch(&self, b: &mut Batch, acc: &mut WriteAcc) {
@@ -615,90 +657,6 @@ async fn ticker(shard: Rc<Shard>) {
     }
 }
 
-/// Sequences the topics this shard is home for and forwards each encoded
-/// frame to the shards that subscribe to it.
-async fn home_task(shard: Rc<Shard>, mut rx: mpsc::Receiver<HomeMsg>) {
-    let s = &shard.settings;
-    let mut home = HomeState::new(shard.shared.hub.shard_count(), s.history, s.topic_ttl);
-    let hub = shard.shared.hub.clone();
-    let mut batch = Vec::with_capacity(256);
-    let mut targets: Vec<usize> = Vec::with_capacity(hub.shard_count());
-    let mut expire = tokio::time::interval(Duration::from_secs(1));
-    let mut published: u64 = 0;
-    loop {
-        tokio::select! {
-            n = rx.recv_many(&mut batch, 256) => if n == 0 { return },
-            _ = expire.tick() => {
-                home.expire(Instant::now());
-                shard.stats().topics_home.store(home.topic_count() as u64, Ordering::Relaxed);
-                shard.m.topics.set(home.topic_count() as f64);
-                continue;
-            }
-        }
-        let now = Instant::now();
-        for msg in batch.drain(..) {
-            match msg {
-                HomeMsg::Publish {
-                    topic,
-                    payload,
-                    at,
-                    reply,
-                } => {
-                    let (seq, frame, name) = home.publish(&topic, &payload, now);
-                    published += 1;
-                    if let Some(r) = reply {
-                        let _ = r.send(seq);
-                    }
-                    targets.clear();
-                    targets.extend(home.interested(&name));
-                    for &t in &targets {
-                        let d = ShardMsg::Deliver {
-                            topic: name.clone(),
-                            seq,
-                            frame: frame.clone(),
-                            at,
-                        };
-                        if hub.shard_sender(t).send(d).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-                HomeMsg::Subscribe {
-                    topic,
-                    shard: from,
-                    session,
-                    id,
-                    recover,
-                } => {
-                    let ack = home.subscribe(&topic, from, session, id, recover, now);
-                    if hub
-                        .shard_sender(from)
-                        .send(ShardMsg::Subscribed(ack))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-                HomeMsg::Unsubscribe { topic, shard: from } => home.unsubscribe(&topic, from, now),
-                HomeMsg::Barrier(token) => {
-                    for t in 0..hub.shard_count() {
-                        let _ = hub
-                            .shard_sender(t)
-                            .send(ShardMsg::Barrier(token.clone()))
-                            .await;
-                    }
-                }
-            }
-        }
-        shard.stats().published.store(published, Ordering::Relaxed);
-        shard
-            .stats()
-            .topics_home
-            .store(home.topic_count() as u64, Ordering::Relaxed);
-    }
-}
-
 /// Takes publications in batches and writes them to local subscribers.
 async fn delivery_task(shard: Rc<Shard>, mut rx: mpsc::Receiver<ShardMsg>) {
     let mut inbox = Vec::with_capacity(256);
@@ -711,39 +669,28 @@ async fn delivery_task(shard: Rc<Shard>, mut rx: mpsc::Receiver<ShardMsg>) {
         {
             let mut st = shard.st.borrow_mut();
             let st = &mut *st;
-            for msg in inbox.drain(..) {
-                match msg {
-                    ShardMsg::Deliver {
-                        topic, frame, at, ..
-                    } => {
-                        let State { topics, batch, .. } = &mut *st;
-                        let Some(list) = topics.get(&topic) else {
-                            continue;
-                        };
-                        let fi = batch.push_frame(frame);
-                        batch.at.push(at);
-                        for s in list {
-                            batch.enqueue(s, fi, max_outbox, &mut acc);
-                        }
+            // Take everything already waiting, within the batch budget: a
+            // socket gets all of its frames of the batch in one write, so
+            // when publications outrun the writes (many topics, few
+            // subscribers each) a deeper batch means fewer syscalls per
+            // delivery instead of a longer queue.
+            loop {
+                for msg in inbox.drain(..) {
+                    shard.take(st, msg, max_outbox, &mut acc, &mut barriers);
+                }
+                if st.batch.frames.len() >= MAX_BATCH_FRAMES
+                    || st.batch.arena.len() >= MAX_BATCH_LINKS
+                {
+                    break;
+                }
+                while inbox.len() < 256 {
+                    match rx.try_recv() {
+                        Ok(msg) => inbox.push(msg),
+                        Err(_) => break,
                     }
-                    ShardMsg::Subscribed(ack) => shard.activate(st, *ack),
-                    ShardMsg::Barrier(token) => barriers.push(token),
-                    ShardMsg::Disconnect { user, reply } => {
-                        let mut n = 0;
-                        for (_, s) in st.sessions.iter() {
-                            if s.phase.get() == Phase::Open && s.claims.borrow().sub == user {
-                                s.close(4003, "disconnected by the operator");
-                                n += 1;
-                            }
-                        }
-                        let _ = reply.send(n);
-                    }
-                    ShardMsg::Drain => {
-                        st.draining = true;
-                        for (_, s) in st.sessions.iter() {
-                            s.close(1001, "going away");
-                        }
-                    }
+                }
+                if inbox.is_empty() {
+                    break;
                 }
             }
             shard.flush_batch(&mut st.batch, &mut acc);
