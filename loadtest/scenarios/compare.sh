@@ -5,27 +5,31 @@
 # and the same publisher: HTTP POST per message (herald: its operator API,
 # --publish api; the others: POST /pub/<topic>).
 #
-# Per server, fresh: RSS per idle connection (CONNS, 1 subscription), the
-# peak on one topic (CONNS subscribers, rate 0, sized to ~PEAK_S seconds
-# after a probe), the peak on TOPICS topics x CONNS/TOPICS subscribers
-# (TOPIC_MSGS at rate 0); both peaks (and the half-peak runs) from
-# PUBLISHERS parallel HTTP publishers (one lets herald's API fall into
-# lockstep with its fan-out, see the README), and the
-# latency at FIXED_RATE msg/s on one topic (stamped with the scheduled
-# send time: a server that holds the publisher up shows it as latency). Then herald and the best peer (highest
-# one-topic peak) again, fresh, at half of herald's one-topic peak.
+# RUNS rounds; in each, every server fresh, one after the other: RSS per
+# idle connection (CONNS, 1 subscription), the peak on one topic (CONNS
+# subscribers, rate 0, sized to ~PEAK_S seconds after a probe), the peak on
+# TOPICS topics x CONNS/TOPICS subscribers (TOPIC_MSGS at rate 0), the
+# market-tick peak (MARKET_TOPICS symbols, each connection on one symbol
+# drawn with Zipf popularity, ticks round-robin over the symbols,
+# MARKET_MSGS at rate 0; one symbol per connection because the peers take
+# one topic per socket), all from PUBLISHERS parallel HTTP publishers, and
+# the latency at FIXED_RATE msg/s on one topic (stamped with the scheduled
+# send time: a server that holds the publisher up shows it as latency).
+# Then, RUNS times, herald and the best peer (highest median one-topic
+# peak) fresh at half of herald's median one-topic peak.
 # herald's TCP-ingest peaks are measured too and reported apart (the peers
 # have no ingest), with herald's write syscalls per delivery from /metrics.
 #
-# Prints a table of the measurements, a table of ratios herald / other,
-# then one summary line. Reports: $OUT/<server>-<run>/report.html.
+# Prints the medians over the runs, every run's peaks, a table of ratios
+# herald / other (of medians), then one summary line.
+# Reports: $OUT/<server>-<run>-<scenario>/report.html.
 #
-#   SERVERS="herald limit uws bun ws nchan" CONNS=10000 PAYLOAD=100 PEAK_S=5 \
-#   TOPICS=1000 TOPIC_MSGS=30000 PUBLISHERS=4 FIXED_RATE=10 FIXED_SECS=5 HALF_SECS=5 \
-#     loadtest/scenarios/compare.sh
+#   SERVERS="herald limit uws bun ws nchan" RUNS=3 CONNS=10000 PAYLOAD=100 PEAK_S=5 \
+#   TOPICS=1000 TOPIC_MSGS=30000 MARKET_TOPICS=1000 MARKET_MSGS=30000 PUBLISHERS=4 \
+#   FIXED_RATE=10 FIXED_SECS=5 HALF_SECS=5 loadtest/scenarios/compare.sh
 #
-# Takes ~4 minutes with every server (the only scenario over 2 minutes);
-# SERVERS="herald uws" for a quick one (~1.5 min).
+# Takes ~5 minutes per round with every server (the only scenario over 2
+# minutes); SERVERS="herald uws" RUNS=1 for a quick one (~1.5 min).
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 SERVERS=${SERVERS:-herald limit uws bun ws nchan}
 CONNS=${CONNS:-10000}
@@ -38,7 +42,10 @@ MAX_PEAK_MSGS=${MAX_PEAK_MSGS:-5000}
 TOPICS=${TOPICS:-1000}
 PUBLISHERS=${PUBLISHERS:-4}
 TOPIC_MSGS=${TOPIC_MSGS:-30000}
+MARKET_TOPICS=${MARKET_TOPICS:-1000}
+MARKET_MSGS=${MARKET_MSGS:-30000}
 INGEST_TOPIC_MSGS=${INGEST_TOPIC_MSGS:-100000}
+RUNS=${RUNS:-3}
 FIXED_RATE=${FIXED_RATE:-10}
 FIXED_SECS=${FIXED_SECS:-5}
 HALF_SECS=${HALF_SECS:-5}
@@ -54,7 +61,7 @@ num() { # num VALUE DECIMALS: a table cell
     if [ "${2:-0}" = 0 ]; then fmt_int "$1"; else printf "%.${2}f" "$1"; fi
 }
 
-declare -A PEAK1 PEAKT P99 P99OK CPU_PEAK CPU_FIXED RSS NOTE
+declare -A NOTE
 
 # fan NAME ARGS...: one fanout run → $OUT/NAME.json (+ NAME/report.html).
 fan() {
@@ -91,123 +98,177 @@ idle() { # idle NAME PIDS TARGET-ARGS...
     "$HL_BIN" idle "$@" --conns "$CONNS" --workers "$WORKERS" --source-ips "$SOURCE_IPS" \
         --connect-rate 5000 --settle-s 2 --duration-s 60 --server-pid "$pids" --json \
         > "$OUT/$name-idle.json" 2> "$OUT/$name-idle.err" || true
-    RSS[$name]=$(jnum "$OUT/$name-idle.json" .bytes_per_conn)
-    log "$name idle: $(num "${RSS[$name]}") B per connection"
+    log "$name idle: $(num "$(jnum "$OUT/$name-idle.json" .bytes_per_conn)") B per connection"
 }
 
 fixed_msgs=$(awk -v r="$FIXED_RATE" -v s="$FIXED_SECS" 'BEGIN { print int(r * s) }')
 
-measure() { # measure SERVER: everything for one server, fresh
-    local s=$1 t=() ing=()
+measure() { # measure SERVER RUN: everything for one server, fresh
+    local s=$1 r=$2 t=() ing=()
+    local n="$s-$r"
     if [ "$s" = herald ]; then
-        start_herald compare
+        start_herald "compare-$r"
         t=(--url "$WS_URL" --secret "$SECRET" --server-pid "$HERALD_PID" --herald-metrics "$METRICS")
-        idle herald "$HERALD_PID" --url "$WS_URL" --secret "$SECRET"
+        idle "$n" "$HERALD_PID" --url "$WS_URL" --secret "$SECRET"
         ing=("${t[@]}" --publish ingest --feed-token "$FEED_TOKEN" --ingest "$INGEST")
         t+=(--publish api --api "http://$ADMIN" --api-key "$API_KEY")
     else
         start_peer "$s" || { NOTE[$s]="did not start"; return 0; }
         t=(--raw-url "$PEER_URL" --server-pid "$PEER_PIDS")
-        idle "$s" "$PEER_PIDS" --raw-url "$PEER_URL"
+        idle "$n" "$PEER_PIDS" --raw-url "$PEER_URL"
     fi
-    peak "$s-peak1" "$PROBE_MSGS" "$MAX_PEAK_MSGS" "${t[@]}" --conns "$CONNS" --topics 1 \
+    peak "$n-peak1" "$PROBE_MSGS" "$MAX_PEAK_MSGS" "${t[@]}" --conns "$CONNS" --topics 1 \
         --publishers "$PUBLISHERS"
-    fan "$s-peakT" "${t[@]}" --conns "$CONNS" --topics "$TOPICS" --dist rooms \
+    fan "$n-peakT" "${t[@]}" --conns "$CONNS" --topics "$TOPICS" --dist rooms \
         --publishers "$PUBLISHERS" --msgs "$TOPIC_MSGS" --rate 0 --duration-s 60
-    fan "$s-fixed" "${t[@]}" --conns "$CONNS" --topics 1 --msgs "$fixed_msgs" --rate "$FIXED_RATE" \
+    fan "$n-market" "${t[@]}" --conns "$CONNS" --topics "$MARKET_TOPICS" --dist zipf \
+        --publishers "$PUBLISHERS" --msgs "$MARKET_MSGS" --rate 0 --duration-s 60
+    fan "$n-fixed" "${t[@]}" --conns "$CONNS" --topics 1 --msgs "$fixed_msgs" --rate "$FIXED_RATE" \
         --duration-s $((FIXED_SECS + 40)) --drain-s 10
     if [ "$s" = herald ]; then
-        peak herald-ingest1 "$PROBE_MSGS" 20000 "${ing[@]}" --conns "$CONNS" --topics 1
-        fan herald-ingestT "${ing[@]}" --conns "$CONNS" --topics "$TOPICS" --dist rooms \
+        peak "$n-ingest1" "$PROBE_MSGS" 20000 "${ing[@]}" --conns "$CONNS" --topics 1
+        fan "$n-ingestT" "${ing[@]}" --conns "$CONNS" --topics "$TOPICS" --dist rooms \
+            --msgs "$INGEST_TOPIC_MSGS" --rate 0 --duration-s 60
+        fan "$n-ingestM" "${ing[@]}" --conns "$CONNS" --topics "$MARKET_TOPICS" --dist zipf \
             --msgs "$INGEST_TOPIC_MSGS" --rate 0 --duration-s 60
         stop_herald
     else
         stop_peer
     fi
-    PEAK1[$s]=$(jnum "$OUT/$s-peak1.json" .delivered_per_s)
-    PEAKT[$s]=$(jnum "$OUT/$s-peakT.json" .delivered_per_s)
-    CPU_PEAK[$s]=$(jnum "$OUT/$s-peak1.json" .server.cpu_s_per_1m_deliveries)
-    CPU_FIXED[$s]=$(jnum "$OUT/$s-fixed.json" .server.cpu_s_per_1m_deliveries)
-    P99[$s]=$(jnum "$OUT/$s-fixed.json" .latency.p99_ms)
-    P99OK[$s]=$(jnum "$OUT/$s-fixed.json" 'if .complete then "" else "*" end')
     local inc=""
-    for r in peak1 peakT fixed; do
-        [ "$(jnum "$OUT/$s-$r.json" .complete)" = true ] || inc="$inc $r"
+    for k in peak1 peakT market fixed; do
+        [ "$(jnum "$OUT/$n-$k.json" .complete)" = true ] || inc="$inc $r:$k"
     done
-    [ -z "$inc" ] || NOTE[$s]="incomplete:$inc"
+    [ -z "$inc" ] || NOTE[$s]="${NOTE[$s]:-incomplete:}$inc"
+}
+
+# med SERVER KIND FILTER: the median of FILTER over the runs' KIND files
+# ("" if none has it).
+med() {
+    local s=$1 k=$2 f=$3 r v vals=()
+    for r in $(seq "$RUNS"); do
+        v=$(jnum "$OUT/$s-$r-$k.json" "$f")
+        [ -n "$v" ] && vals+=("$v")
+    done
+    [ ${#vals[@]} -gt 0 ] || return 0
+    printf "%s\n" "${vals[@]}" | sort -g | awk '{ a[NR] = $1 } END {
+        if (NR % 2) printf "%s", a[(NR + 1) / 2]; else printf "%s", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
+}
+# runs SERVER KIND FILTER: every run's value, "a / b / c" (integers).
+runs() {
+    local s=$1 k=$2 f=$3 r v out=""
+    for r in $(seq "$RUNS"); do
+        v=$(jnum "$OUT/$s-$r-$k.json" "$f")
+        out="$out${out:+ / }$(num "$v")"
+    done
+    echo "$out"
 }
 
 ran=()
+for r in $(seq "$RUNS"); do
+    for s in $SERVERS; do
+        [ "${NOTE[$s]:-}" = "did not start" ] && continue
+        log "== run $r/$RUNS: $s"
+        measure "$s" "$r"
+    done
+done
 for s in $SERVERS; do
-    log "== $s"
-    measure "$s"
     [ "${NOTE[$s]:-}" = "did not start" ] || ran+=("$s")
+done
+
+declare -A PEAK1 PEAKT PEAKM P99 P99OK CPU_PEAK CPU_FIXED RSS
+for s in "${ran[@]}"; do
+    PEAK1[$s]=$(med "$s" peak1 .delivered_per_s)
+    PEAKT[$s]=$(med "$s" peakT .delivered_per_s)
+    PEAKM[$s]=$(med "$s" market .delivered_per_s)
+    CPU_PEAK[$s]=$(med "$s" peak1 .server.cpu_s_per_1m_deliveries)
+    CPU_FIXED[$s]=$(med "$s" fixed .server.cpu_s_per_1m_deliveries)
+    P99[$s]=$(med "$s" fixed .latency.p99_ms)
+    RSS[$s]=$(med "$s" idle .bytes_per_conn)
+    P99OK[$s]=""
+    for r in $(seq "$RUNS"); do
+        [ "$(jnum "$OUT/$s-$r-fixed.json" .complete)" = true ] || P99OK[$s]="*"
+    done
 done
 
 # Half of herald's one-topic peak, herald vs the best peer (not limit).
 best="" best_rate=0
 for s in "${ran[@]}"; do
     case $s in herald|limit) continue ;; esac
-    r=${PEAK1[$s]:-0}
-    if awk -v a="$r" -v b="$best_rate" 'BEGIN { exit !(a > b) }'; then best=$s; best_rate=$r; fi
+    v=${PEAK1[$s]:-0}
+    if awk -v a="$v" -v b="$best_rate" 'BEGIN { exit !(a > b) }'; then best=$s; best_rate=$v; fi
 done
 half_line="half-peak comparison skipped (needs herald and a peer)"
 if [ -n "${PEAK1[herald]:-}" ] && [ -n "$best" ]; then
     half=$(awk -v p="${PEAK1[herald]}" -v c="$CONNS" 'BEGIN { printf "%.1f", p / 2 / c }')
     half_msgs=$(awk -v r="$half" -v s="$HALF_SECS" 'BEGIN { m = int(r * s); print (m < 1 ? 1 : m) }')
-    log "== half of herald's peak: $half msg/s x $(fmt_int "$CONNS") subscribers"
-    start_herald half
-    fan herald-half --url "$WS_URL" --secret "$SECRET" --server-pid "$HERALD_PID" \
-        --herald-metrics "$METRICS" --publish api --api "http://$ADMIN" --api-key "$API_KEY" \
-        --conns "$CONNS" --topics 1 --msgs "$half_msgs" --rate "$half" --publishers "$PUBLISHERS" \
-        --duration-s $((HALF_SECS + 40)) --drain-s 15
-    stop_herald
-    if start_peer "$best"; then
-        fan "$best-half" --raw-url "$PEER_URL" --server-pid "$PEER_PIDS" --conns "$CONNS" --topics 1 \
-            --msgs "$half_msgs" --rate "$half" --publishers "$PUBLISHERS" \
+    for r in $(seq "$RUNS"); do
+        log "== run $r/$RUNS: half of herald's peak, $half msg/s x $(fmt_int "$CONNS") subscribers"
+        start_herald "half-$r"
+        fan "herald-$r-half" --url "$WS_URL" --secret "$SECRET" --server-pid "$HERALD_PID" \
+            --herald-metrics "$METRICS" --publish api --api "http://$ADMIN" --api-key "$API_KEY" \
+            --conns "$CONNS" --topics 1 --msgs "$half_msgs" --rate "$half" --publishers "$PUBLISHERS" \
             --duration-s $((HALF_SECS + 40)) --drain-s 15
-        stop_peer
-    fi
-    hf="$OUT/herald-half.json" bf="$OUT/$best-half.json"
-    desc() { # desc FILE: "p99 X ms (complete)" or with the delivered share
-        jq -r '"p99 \(.latency.p99_ms) ms, p50 \(.latency.p50_ms) ms" + (if .complete then "" else " (only \(.delivered) of \(.expected) delivered by the cap)" end)' "$1" 2>/dev/null || echo "no result"
+        stop_herald
+        if start_peer "$best"; then
+            fan "$best-$r-half" --raw-url "$PEER_URL" --server-pid "$PEER_PIDS" --conns "$CONNS" \
+                --topics 1 --msgs "$half_msgs" --rate "$half" --publishers "$PUBLISHERS" \
+                --duration-s $((HALF_SECS + 40)) --drain-s 15
+            stop_peer
+        fi
+    done
+    desc() { # desc SERVER: median p99/p50 over the runs, and what did not arrive
+        local inc="" r
+        for r in $(seq "$RUNS"); do
+            [ "$(jnum "$OUT/$1-$r-half.json" .complete)" = true ] ||
+                inc="$inc run $r: $(num "$(jnum "$OUT/$1-$r-half.json" .delivered)") of $(num "$(jnum "$OUT/$1-$r-half.json" .expected)") delivered by the cap;"
+        done
+        echo "p99 $(num "$(med "$1" half .latency.p99_ms)" 1) ms, p50 $(num "$(med "$1" half .latency.p50_ms)" 1) ms (runs: p99 $(runs "$1" half .latency.p99_ms) ms)${inc:+ (${inc% ;})}"
     }
-    half_line="at half of herald's peak ($half msg/s = $(fmt_int "$(calc "$half * $CONNS")") deliveries/s): herald $(desc "$hf"); best peer $best $(desc "$bf")"
+    half_line="at half of herald's peak ($half msg/s = $(fmt_int "$(calc "$half * $CONNS")") deliveries/s), medians of $RUNS: herald $(desc herald); best peer $best $(desc "$best")"
 fi
 
 # Tables.
-col() { printf "%-8s | %16s | %16s | %14s | %14s | %14s | %12s | %s\n" "$@"; }
+col() { printf "%-8s | %16s | %16s | %16s | %14s | %14s | %14s | %12s | %s\n" "$@"; }
 echo
-echo "== compare: $(fmt_int "$CONNS") subscribers, $PAYLOAD B payloads; same client (herald-load: $WORKERS workers, $SOURCE_IPS source IPs); HTTP POST publishers (herald: --publish api) =="
-col server "peak 1 topic/s" "peak ${TOPICS}x$((CONNS / TOPICS)) /s" "p99 @${FIXED_RATE}msg/s" "CPU s/1M peak" "CPU s/1M @${FIXED_RATE}" "RSS B/conn" note
+echo "== compare: $(fmt_int "$CONNS") subscribers, $PAYLOAD B payloads; same client (herald-load: $WORKERS workers, $SOURCE_IPS source IPs); $PUBLISHERS HTTP POST publishers (herald: --publish api); medians of $RUNS runs =="
+col server "peak 1 topic/s" "peak ${TOPICS}x$((CONNS / TOPICS)) /s" "market ${MARKET_TOPICS} /s" "p99 @${FIXED_RATE}msg/s" "CPU s/1M peak" "CPU s/1M @${FIXED_RATE}" "RSS B/conn" note
 for s in $SERVERS; do
-    col "$s" "$(num "${PEAK1[$s]:-}")" "$(num "${PEAKT[$s]:-}")" "$(num "${P99[$s]:-}" 1)${P99OK[$s]:-}" \
-        "$(num "${CPU_PEAK[$s]:-}" 3)" "$(num "${CPU_FIXED[$s]:-}" 3)" "$(num "${RSS[$s]:-}")" "${NOTE[$s]:-}"
+    col "$s" "$(num "${PEAK1[$s]:-}")" "$(num "${PEAKT[$s]:-}")" "$(num "${PEAKM[$s]:-}")" \
+        "$(num "${P99[$s]:-}" 1)${P99OK[$s]:-}" "$(num "${CPU_PEAK[$s]:-}" 3)" "$(num "${CPU_FIXED[$s]:-}" 3)" \
+        "$(num "${RSS[$s]:-}")" "${NOTE[$s]:-}"
 done
-echo "(delivered msgs/s = deliveries / (last receive - first publish); * = not every delivery arrived)"
+echo "(delivered msgs/s = deliveries / (last receive - first publish); * = not every delivery arrived in some run)"
 echo
-echo "== ratios herald / other (msgs/s: > 1 = herald ahead; p99, CPU, RSS: < 1 = herald ahead) =="
+echo "== every run (delivered msgs/s) =="
+for s in "${ran[@]}"; do
+    echo "$s: 1 topic $(runs "$s" peak1 .delivered_per_s); ${TOPICS} topics $(runs "$s" peakT .delivered_per_s); market $(runs "$s" market .delivered_per_s)"
+done
+echo
+echo "== ratios herald / other, of the medians (msgs/s: > 1 = herald ahead; p99, CPU, RSS: < 1 = herald ahead) =="
 ratio() { [ -n "$1" ] && [ -n "$2" ] && awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }' || echo "-"; }
-rcol() { printf "%-8s | %14s | %16s | %12s | %14s | %14s | %10s\n" "$@"; }
-rcol vs "peak 1 topic" "peak ${TOPICS} topics" "p99" "CPU peak" "CPU @${FIXED_RATE}" "RSS"
+rcol() { printf "%-8s | %14s | %16s | %12s | %12s | %14s | %14s | %10s\n" "$@"; }
+rcol vs "peak 1 topic" "peak ${TOPICS} topics" "market" "p99" "CPU peak" "CPU @${FIXED_RATE}" "RSS"
 for s in "${ran[@]}"; do
     [ "$s" = herald ] && continue
     rcol "$s" "$(ratio "${PEAK1[herald]:-}" "${PEAK1[$s]:-}")" "$(ratio "${PEAKT[herald]:-}" "${PEAKT[$s]:-}")" \
-        "$(ratio "${P99[herald]:-}" "${P99[$s]:-}")" "$(ratio "${CPU_PEAK[herald]:-}" "${CPU_PEAK[$s]:-}")" \
+        "$(ratio "${PEAKM[herald]:-}" "${PEAKM[$s]:-}")" "$(ratio "${P99[herald]:-}" "${P99[$s]:-}")" \
+        "$(ratio "${CPU_PEAK[herald]:-}" "${CPU_PEAK[$s]:-}")" \
         "$(ratio "${CPU_FIXED[herald]:-}" "${CPU_FIXED[$s]:-}")" "$(ratio "${RSS[herald]:-}" "${RSS[$s]:-}")"
 done
 echo
 ingest_line="herald ingest: not measured"
-if [ -s "$OUT/herald-ingest1.json" ]; then
-    sc() { jnum "$1" '.herald.write_syscalls_per_delivery * 10000 | round / 10000'; }
-    ingest_line="herald via TCP ingest (apart: the peers have no ingest): peak 1 topic $(num "$(jnum "$OUT/herald-ingest1.json" .delivered_per_s)") delivered msgs/s ($(sc "$OUT/herald-ingest1.json") write syscalls/delivery, ingest took $(num "$(jnum "$OUT/herald-ingest1.json" .publish_per_s)") msgs/s); ${TOPICS} topics $(num "$(jnum "$OUT/herald-ingestT.json" .delivered_per_s)") delivered msgs/s ($(sc "$OUT/herald-ingestT.json") syscalls/delivery, ingest took $(num "$(jnum "$OUT/herald-ingestT.json" .publish_per_s)") msgs/s); via API: 1 topic $(sc "$OUT/herald-peak1.json"), ${TOPICS} topics $(sc "$OUT/herald-peakT.json") write syscalls/delivery at peak"
+if [ -s "$OUT/herald-1-ingest1.json" ]; then
+    sc() { num "$(med herald "$1" .herald.write_syscalls_per_delivery)" 4; }
+    ing() { echo "$(num "$(med herald "$1" .delivered_per_s)") delivered msgs/s ($(sc "$1") write syscalls/delivery, ingest took $(num "$(med herald "$1" .publish_per_s)") msgs/s)"; }
+    ingest_line="herald via TCP ingest (apart: the peers have no ingest), medians: 1 topic $(ing ingest1); ${TOPICS} topics $(ing ingestT); market $(ing ingestM); via API: write syscalls/delivery 1 topic $(sc peak1), ${TOPICS} topics $(sc peakT), market $(sc market)"
 fi
 echo "$ingest_line"
 echo "$half_line"
 echo
-summary="compare: ${#ran[@]} servers ($(IFS=,; echo "${ran[*]}")), $(fmt_int "$CONNS") subs x $PAYLOAD B, HTTP publishers: herald peak 1 topic $(num "${PEAK1[herald]:-}")/s"
+summary="compare ($RUNS runs, medians): ${#ran[@]} servers ($(IFS=,; echo "${ran[*]}")), $(fmt_int "$CONNS") subs x $PAYLOAD B, HTTP publishers: herald 1 topic $(num "${PEAK1[herald]:-}")/s, ${TOPICS} topics $(num "${PEAKT[herald]:-}")/s, market $(num "${PEAKM[herald]:-}")/s"
 for s in "${ran[@]}"; do
     [ "$s" = herald ] && continue
-    summary="$summary, $s $(num "${PEAK1[$s]:-}")/s (x$(ratio "${PEAK1[herald]:-}" "${PEAK1[$s]:-}"))"
+    summary="$summary; $s x$(ratio "${PEAK1[herald]:-}" "${PEAK1[$s]:-}") / x$(ratio "${PEAKT[herald]:-}" "${PEAKT[$s]:-}") / x$(ratio "${PEAKM[herald]:-}" "${PEAKM[$s]:-}")"
 done
 echo "$summary; best peer: ${best:-none}; reports in $OUT"
