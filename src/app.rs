@@ -75,19 +75,24 @@ impl Server {
             draining: AtomicBool::new(false),
         };
         let (hub, inboxes) = Hub::new(n, config.hub.inbox_capacity);
-        let home = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(config.hub.home_threads)
-            .thread_name("herald-home")
-            .enable_all()
-            .build()
-            .map_err(StartError::Thread)?;
+        // 0: the homes share the control thread with ingest and the API.
+        let home = if config.hub.home_threads > 0 {
+            Some(
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(config.hub.home_threads)
+                    .thread_name("herald-home")
+                    .enable_all()
+                    .build()
+                    .map_err(StartError::Thread)?,
+            )
+        } else {
+            None
+        };
         let home_settings = HomeSettings {
             history: config.hub.history_size,
             topic_ttl: Duration::from_secs(config.hub.topic_idle_ttl_s),
         };
-        for (id, rx) in inboxes.homes.into_iter().enumerate() {
-            home.spawn(hub::home::run(id, hub.clone(), rx, home_settings));
-        }
+        let home_inboxes = inboxes.homes;
         let shared = Arc::new(Shared::new(config.clone(), gate, hub.clone(), handler));
 
         let backlog = config.listen.backlog as i32;
@@ -115,6 +120,13 @@ impl Server {
             .map_err(StartError::Thread)?;
         let (stop_ingest, stop_ingest_rx) = watch::channel(false);
         let (stop_admin, stop_admin_rx) = watch::channel(false);
+        for (id, rx) in home_inboxes.into_iter().enumerate() {
+            let task = hub::home::run(id, hub.clone(), rx, home_settings);
+            match &home {
+                Some(rt) => rt.spawn(task),
+                None => control.spawn(task),
+            };
+        }
         {
             let _guard = control.enter();
             let ingest_cfg = Arc::new(IngestConfig {
@@ -174,7 +186,7 @@ impl Server {
             stop_admin,
             shards,
             control: Some(control),
-            home: Some(home),
+            home,
             drain: Duration::from_millis(config.timeouts.drain_ms),
         })
     }

@@ -163,6 +163,10 @@ pub struct Limits {
     pub max_subscriptions: usize,
     /// Bytes queued for one connection before it is closed with 4008.
     pub max_outbox_bytes: usize,
+    /// Unsent bytes the kernel may hold for one connection
+    /// (`TCP_NOTSENT_LOWAT`); the rest waits in herald's outbox. 0 = the
+    /// kernel's default (no cap beyond the autotuned send buffer).
+    pub send_queue_bytes: usize,
     /// Token bucket refill rate for client requests; 0 = unlimited.
     pub client_msgs_per_s: u32,
     /// Token bucket size.
@@ -183,6 +187,7 @@ impl Default for Limits {
             max_message_bytes: 65536,
             max_subscriptions: 1024,
             max_outbox_bytes: MIB,
+            send_queue_bytes: 128 * 1024,
             client_msgs_per_s: 100,
             client_burst: 200,
             rate_limit_strikes: 50,
@@ -222,8 +227,9 @@ pub struct Hub {
     /// Messages kept per topic for recovery (`since`).
     pub history_size: usize,
     pub inbox_capacity: usize,
-    /// Threads of the `herald-home` runtime, which sequences every topic
-    /// (one home task per shard-count partition).
+    /// Threads of a separate `herald-home` runtime for the home tasks
+    /// (sequencing; one per topic partition); 0 = they run on the control
+    /// thread beside ingest and the operator API.
     pub home_threads: usize,
     /// A topic with no subscriber and no publication for this long is dropped.
     pub topic_idle_ttl_s: u64,
@@ -234,7 +240,7 @@ impl Default for Hub {
         Hub {
             history_size: 128,
             inbox_capacity: 8192,
-            home_threads: 1,
+            home_threads: 0,
             topic_idle_ttl_s: 300,
         }
     }
@@ -477,6 +483,9 @@ impl Config {
         if lim.max_outbox_bytes < 1024 {
             return invalid("limits.max_outbox_bytes", "must be at least 1024");
         }
+        if lim.send_queue_bytes > i32::MAX as usize {
+            return invalid("limits.send_queue_bytes", "must be below 2^31");
+        }
         if lim.client_msgs_per_s > 0 && lim.client_burst == 0 {
             return invalid(
                 "limits.client_burst",
@@ -514,8 +523,8 @@ impl Config {
         if h.inbox_capacity < 16 {
             return invalid("hub.inbox_capacity", "must be at least 16");
         }
-        if !(1..=256).contains(&h.home_threads) {
-            return invalid("hub.home_threads", "must be 1 to 256");
+        if h.home_threads > 256 {
+            return invalid("hub.home_threads", "must be 0 to 256");
         }
 
         if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.log.level) {
@@ -871,7 +880,7 @@ mod tests {
             ("[limits]\nclient_burst = 0", "limits.client_burst"),
             ("[hub]\nhistory_size = 0", "hub.history_size"),
             ("[hub]\ninbox_capacity = 15", "hub.inbox_capacity"),
-            ("[hub]\nhome_threads = 0", "hub.home_threads"),
+            ("[hub]\nhome_threads = 257", "hub.home_threads"),
             ("[timeouts]\ntick_ms = 5", "timeouts.tick_ms"),
             ("[timeouts]\ntick_ms = 2000", "timeouts.tick_ms"),
             (

@@ -237,6 +237,81 @@ async fn slow_consumer_is_closed_with_4008_and_the_fast_one_gets_everything() {
     assert!(server.stop().await);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_reader_is_cut_off_early_and_reads_its_4008_before_the_deadline() {
+    const TOPIC: &str = "stall";
+    const N: u64 = 400;
+    const SIZE: usize = 16 * 1024;
+    // Default buffers and the default close deadline: what the kernel may
+    // hold unsent is capped (limits.send_queue_bytes), so the backlog lands
+    // in the outbox, where 4008 drops it, not in front of the close frame.
+    let server = start(|c| c.limits.max_outbox_bytes = 256 * 1024);
+    let dropped_before = metric_sum(
+        &metrics_text(server.admin()).await,
+        "herald_dropped_total",
+        &[r#"reason="slow_consumer""#],
+    );
+    let stream = tokio::net::TcpStream::connect(server.ws()).await.unwrap();
+    let mut slow = RawWs::upgrade(stream, &token_all("stalled")).await;
+    slow.send(OP_BINARY, &client::encode_subscribe(1, TOPIC, None))
+        .await;
+    let (_, reply) = slow.read_frame().await.expect("subscribe reply");
+    assert!(matches!(
+        client::decode_server_message(&reply).unwrap(),
+        client::ServerMessage::Reply { id: 1, .. }
+    ));
+
+    let mut feed = Feed::open(server.ingest(), "stall-feed").await;
+    for i in 1..=N {
+        feed.publish(TOPIC, &vec![i as u8; SIZE]).await;
+    }
+    feed.barrier(1).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let dropped = metric_sum(
+            &metrics_text(server.admin()).await,
+            "herald_dropped_total",
+            &[r#"reason="slow_consumer""#],
+        );
+        if dropped > dropped_before {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stalled reader was not closed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let mut last_seq = 0;
+    let code = loop {
+        match slow.read_frame_within(Duration::from_secs(5)).await {
+            None => panic!("no close frame after seq {last_seq}"),
+            Some((OP_CLOSE, p)) => break u16::from_be_bytes([p[0], p[1]]),
+            Some((OP_BINARY, p)) => match client::decode_server_message(&p).unwrap() {
+                client::ServerMessage::Publication { seq, .. } => {
+                    assert_eq!(seq, last_seq + 1, "no gap before the close");
+                    last_seq = seq;
+                }
+                other => panic!("unexpected {other:?}"),
+            },
+            Some((op, _)) => panic!("unexpected opcode {op}"),
+        }
+    };
+    assert_eq!(code, 4008, "after {last_seq} publications");
+    // Kernel buffers (a receive buffer that never grew, ≤ 128 KiB unsent)
+    // plus the outbox: far less than the 4 MiB an autotuned send buffer
+    // would have soaked up (measured without the cap: 240 publications,
+    // 3,840 KiB).
+    assert!(
+        (last_seq as usize) * SIZE < 1536 * 1024,
+        "{last_seq} publications ({} KiB) were in flight to a reader that never read",
+        last_seq as usize * SIZE / 1024
+    );
+    drop(slow);
+    assert!(server.stop().await);
+}
+
 /// Reads publications of `topic` until seq `last`, checking each is the
 /// previous one + 1, starting after `after`.
 async fn follow(ws: &mut Ws, topic: &str, after: u64, last: u64) -> Result<(), String> {
@@ -256,9 +331,22 @@ async fn follow(ws: &mut Ws, topic: &str, after: u64, last: u64) -> Result<(), S
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribing_and_recovering_while_a_feed_streams_has_no_gap_and_no_duplicate() {
+    subscribe_while_streaming(0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_with_the_homes_on_their_own_runtime() {
+    subscribe_while_streaming(1).await;
+}
+
+/// `home_threads`: 0 = homes on the control thread, else on `herald-home`.
+async fn subscribe_while_streaming(home_threads: usize) {
     const TOPIC: &str = "live";
     const N: u64 = 3000;
-    let server = start(|c| c.hub.history_size = 4096);
+    let server = start(|c| {
+        c.hub.history_size = 4096;
+        c.hub.home_threads = home_threads;
+    });
     let addr = server.ws();
     let tok = token_all("live");
 

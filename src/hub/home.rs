@@ -1,5 +1,6 @@
-//! The home tasks: one per topic partition, all on the `herald-home`
-//! runtime, apart from the shards.
+//! The home tasks: one per topic partition, apart from the shards: on the
+//! control runtime beside ingest and the operator API (default), or on a
+//! `herald-home` runtime of their own (`hub.home_threads`).
 //!
 //! Sequencing is cheap (a counter, one frame encode, a ring push) but sits
 //! on every publisher's path: the operator API and client PUBLISH wait for
