@@ -128,6 +128,13 @@ pub struct FanoutArgs {
     pub publishers: u32,
     #[arg(long, default_value = "127.0.0.1:8781")]
     pub ingest: String,
+    /// Ingest at rate 0: messages between PING barriers; the feed waits for
+    /// the previous barrier's PONG, so at most twice this many are between
+    /// it and the sockets. Small windows make the feed wait for each
+    /// flush: with many topics a batch then holds too few messages to give
+    /// a socket more than one frame per write.
+    #[arg(long, default_value_t = 8192, value_parser = clap::value_parser!(u64).range(1..))]
+    pub ingest_window: u64,
     #[arg(long)]
     pub feed_token: Option<String>,
     #[arg(long, default_value = "http://127.0.0.1:8782")]
@@ -202,6 +209,13 @@ pub struct SmokeArgs {
     pub secret: String,
     #[arg(long, default_value = "127.0.0.1:8781")]
     pub ingest: String,
+    /// Ingest at rate 0: messages between PING barriers; the feed waits for
+    /// the previous barrier's PONG, so at most twice this many are between
+    /// it and the sockets. Small windows make the feed wait for each
+    /// flush: with many topics a batch then holds too few messages to give
+    /// a socket more than one frame per write.
+    #[arg(long, default_value_t = 8192, value_parser = clap::value_parser!(u64).range(1..))]
+    pub ingest_window: u64,
     #[arg(long)]
     pub feed_token: String,
     /// Whole test, seconds.

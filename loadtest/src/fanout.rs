@@ -303,7 +303,7 @@ pub async fn run(a: FanoutArgs) -> Result<ExitCode, String> {
             msgs: a.msgs,
             rate: a.rate,
             payload: a.payload,
-            barrier_every: 1000,
+            barrier_every: a.ingest_window,
             publishers: a.publishers,
         };
         let mut publisher = tokio::spawn(publish::run(spec, progress.clone()));

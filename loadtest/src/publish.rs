@@ -385,7 +385,7 @@ async fn ingest(
             sent = upto;
             rep.published = sent;
             if spec.rate <= 0.0 {
-                // Barrier: at most two batches between us and fan-out.
+                // Barrier: at most two windows between us and the sockets.
                 nonce += 1;
                 wr.write_all(&feed::encode_ping(nonce))
                     .await
