@@ -102,6 +102,8 @@ pub struct ShardMetrics {
     pub fanout: Histogram,
     pub handshake: Histogram,
     pub published_client: Counter,
+    /// `herald_handshakes_total{result="ok"}`, the common case.
+    pub handshakes_ok: Counter,
 }
 
 impl ShardMetrics {
@@ -119,6 +121,7 @@ impl ShardMetrics {
             fanout: histogram!("herald_fanout_seconds"),
             handshake: histogram!("herald_handshake_seconds"),
             published_client: counter!("herald_published_total", "source" => "client"),
+            handshakes_ok: counter!("herald_handshakes_total", "result" => "ok"),
         }
     }
 }

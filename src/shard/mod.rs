@@ -96,7 +96,6 @@ struct Settings {
     max_message: usize,
     max_subscriptions: usize,
     max_outbox: usize,
-    send_queue: usize,
     msgs_per_s: u32,
     burst: u32,
     strikes: u32,
@@ -115,7 +114,6 @@ impl Settings {
             max_message: c.limits.max_message_bytes,
             max_subscriptions: c.limits.max_subscriptions,
             max_outbox: c.limits.max_outbox_bytes,
-            send_queue: c.limits.send_queue_bytes,
             msgs_per_s: c.limits.client_msgs_per_s,
             burst: c.limits.client_burst,
             strikes: c.limits.rate_limit_strikes,
@@ -756,7 +754,10 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
-                cap_send_queue(&stream, shard.settings.send_queue);
+                // Linux copies TCP_NODELAY and TCP_NOTSENT_LOWAT from the
+                // listener (`app::bind_reuseport`); the cap is Linux-only.
+                #[cfg(not(any(target_os = "linux", target_os = "android")))]
+                let _ = stream.set_nodelay(true);
                 let shard = shard.clone();
                 let pending = pending.clone();
                 // Accepted at once (a full backlog drops SYNs, and clients
@@ -790,24 +791,6 @@ async fn accept_loop(
     }
 }
 
-/// Caps what the kernel keeps unsent for the socket. Without it the send
-/// buffer autotunes up to `tcp_wmem`'s max (4 MiB on stock Linux): a
-/// stalled reader's backlog would pile up there, out of sight of
-/// `limits.max_outbox_bytes`, and in front of its 4008 close frame, which
-/// then could not be written before the close deadline. Capped, the backlog
-/// lands in the outbox, where it is counted and dropped on 4008. A reader
-/// that keeps up never has unsent bytes, so it is not slowed.
-fn cap_send_queue(stream: &TcpStream, bytes: usize) {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    if bytes > 0 {
-        if let Err(e) = socket2::SockRef::from(stream).set_tcp_notsent_lowat(bytes as u32) {
-            tracing::debug!(error = %e, "cannot set TCP_NOTSENT_LOWAT");
-        }
-    }
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    let _ = (stream, bytes);
-}
-
 fn is_fd_exhaustion(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(code) if code == 24 /* EMFILE */ || code == 23 /* ENFILE */)
         || e.kind() == io::ErrorKind::OutOfMemory
@@ -815,7 +798,6 @@ fn is_fd_exhaustion(e: &io::Error) -> bool {
 
 async fn handshake(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
     let started = Instant::now();
-    let _ = stream.set_nodelay(true);
     let io = TokioIo::new(stream);
     let svc_shard = shard.clone();
     let svc = service_fn(move |req| {
@@ -877,7 +859,7 @@ fn on_request(
             Err(_) => tracing::error!(%peer, "upgraded connection is not a TcpStream"),
         }
     });
-    m::handshake("ok");
+    shard.m.handshakes_ok.increment(1);
     shard.m.handshake.record(m::seconds(started.elapsed()));
     response
 }
