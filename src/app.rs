@@ -321,6 +321,33 @@ fn bind(
     Ok(s.into())
 }
 
+/// `TCP_DEFER_ACCEPT`: a connection reaches `accept` once its first bytes
+/// (the upgrade request) are there, so the handshake reads at once instead
+/// of registering for readiness and waking again.
+fn defer_accept(s: &Socket) -> std::io::Result<()> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use std::os::fd::AsRawFd;
+        let secs: libc::c_int = 2;
+        // SAFETY: a valid socket fd and a c_int of the size passed.
+        let r = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_DEFER_ACCEPT,
+                (&secs as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = s;
+    Ok(())
+}
+
 /// One `SO_REUSEPORT` listener per shard on the same address: the kernel
 /// spreads new connections over the shards with no hand-off between them.
 /// With port 0 the first bind picks the port and the others reuse it.
@@ -356,6 +383,7 @@ fn bind_reuseport(
         if send_queue > 0 {
             s.set_tcp_notsent_lowat(send_queue as u32).map_err(err)?;
         }
+        defer_accept(&s).map_err(err)?;
         s.bind(&at.into()).map_err(err)?;
         s.listen(backlog).map_err(err)?;
         let l: std::net::TcpListener = s.into();

@@ -480,3 +480,27 @@ async fn first_frame_sent_with_the_upgrade_request_is_processed() {
     ));
     assert!(server.stop().await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_sends_its_request_is_dropped() {
+    // TCP_DEFER_ACCEPT keeps it in the kernel for a couple of seconds; then
+    // the handshake timeout ends it. Either way it never gets a session.
+    use tokio::io::AsyncReadExt;
+    let server = start(|c| c.timeouts.handshake_ms = 300);
+    let mut silent = tokio::net::TcpStream::connect(server.ws()).await.unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(15), silent.read(&mut buf))
+        .await
+        .expect("the gateway ended the silent connection in time")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "got bytes: {:?}", &buf[..n]);
+    // The gateway still serves everyone else.
+    let (r, _s) = raw_upgrade(
+        server.ws(),
+        "/ws",
+        &upgrade_headers_with_token(&token_all("a")),
+    )
+    .await;
+    assert_eq!(r.status, 101);
+    assert!(server.stop().await);
+}
