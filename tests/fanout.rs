@@ -213,21 +213,7 @@ async fn slow_consumer_is_closed_with_4008_and_the_fast_one_gets_everything() {
     );
 
     // Now the slow client reads: some publications, in order, then 4008.
-    let mut last_seq = 0;
-    let code = loop {
-        match slow.read_frame_within(Duration::from_secs(10)).await {
-            None => panic!("connection ended without a close frame after seq {last_seq}"),
-            Some((OP_CLOSE, p)) => break u16::from_be_bytes([p[0], p[1]]),
-            Some((OP_BINARY, p)) => match client::decode_server_message(&p).unwrap() {
-                client::ServerMessage::Publication { seq, .. } => {
-                    assert_eq!(seq, last_seq + 1, "no gap before the close");
-                    last_seq = seq;
-                }
-                other => panic!("unexpected {other:?}"),
-            },
-            Some((op, _)) => panic!("unexpected opcode {op}"),
-        }
-    };
+    let (code, last_seq) = read_to_close(&mut slow, Duration::from_secs(10)).await;
     assert_eq!(code, 4008, "after {last_seq} publications");
     assert!(
         last_seq < N,
@@ -283,21 +269,7 @@ async fn stalled_reader_is_cut_off_early_and_reads_its_4008_before_the_deadline(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    let mut last_seq = 0;
-    let code = loop {
-        match slow.read_frame_within(Duration::from_secs(5)).await {
-            None => panic!("no close frame after seq {last_seq}"),
-            Some((OP_CLOSE, p)) => break u16::from_be_bytes([p[0], p[1]]),
-            Some((OP_BINARY, p)) => match client::decode_server_message(&p).unwrap() {
-                client::ServerMessage::Publication { seq, .. } => {
-                    assert_eq!(seq, last_seq + 1, "no gap before the close");
-                    last_seq = seq;
-                }
-                other => panic!("unexpected {other:?}"),
-            },
-            Some((op, _)) => panic!("unexpected opcode {op}"),
-        }
-    };
+    let (code, last_seq) = read_to_close(&mut slow, Duration::from_secs(5)).await;
     assert_eq!(code, 4008, "after {last_seq} publications");
     // Kernel buffers (a receive buffer that never grew, ≤ 128 KiB unsent)
     // plus the outbox: far less than the 4 MiB an autotuned send buffer
@@ -310,6 +282,27 @@ async fn stalled_reader_is_cut_off_early_and_reads_its_4008_before_the_deadline(
     );
     drop(slow);
     assert!(server.stop().await);
+}
+
+/// Reads publications (each the previous seq + 1) up to a close frame,
+/// waiting at most `wait` for each frame; returns the close code and the
+/// last seq read.
+async fn read_to_close(ws: &mut RawWs, wait: Duration) -> (u16, u64) {
+    let mut last_seq = 0;
+    loop {
+        match ws.read_frame_within(wait).await {
+            None => panic!("connection ended without a close frame after seq {last_seq}"),
+            Some((OP_CLOSE, p)) => return (u16::from_be_bytes([p[0], p[1]]), last_seq),
+            Some((OP_BINARY, p)) => match client::decode_server_message(&p).unwrap() {
+                client::ServerMessage::Publication { seq, .. } => {
+                    assert_eq!(seq, last_seq + 1, "no gap before the close");
+                    last_seq = seq;
+                }
+                other => panic!("unexpected {other:?}"),
+            },
+            Some((op, _)) => panic!("unexpected opcode {op}"),
+        }
+    }
 }
 
 /// Reads publications of `topic` until seq `last`, checking each is the
