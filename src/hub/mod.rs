@@ -1,7 +1,8 @@
 //! The home side of fan-out: per-topic sequencing, history rings and the
 //! cross-shard messages.
 //!
-//! Every topic has one *home* shard (a hash of its name). The home assigns
+//! Every topic has one *home*: the home task of partition
+//! `hash(name) % shards` ([`home::run`], off the shards). The home assigns
 //! the topic's seqs, encodes each PUBLICATION frame once, keeps it in the
 //! topic's [`ring::Ring`] and forwards the same `Bytes` to every shard that
 //! has subscribers for the topic. A subscription is registered through the
@@ -40,7 +41,7 @@ pub struct SessionKey {
 #[derive(Debug, Clone)]
 pub struct BarrierToken(#[allow(dead_code)] mpsc::Sender<()>);
 
-/// Messages to a shard's home task.
+/// Messages to a home task.
 #[derive(Debug)]
 pub enum HomeMsg {
     Publish {
@@ -172,7 +173,7 @@ impl Hub {
         &self.inner.shards[shard]
     }
 
-    /// Publishes and waits for the seq the home shard gave the message.
+    /// Publishes and waits for the seq the topic's home gave the message.
     pub async fn publish(&self, topic: Arc<str>, payload: Bytes) -> Result<u64, HubError> {
         let (tx, rx) = oneshot::channel();
         self.home_sender(&topic)
@@ -188,7 +189,7 @@ impl Hub {
     }
 
     /// Publishes without waiting for the seq (the feed path: throughput
-    /// first). Waits only while the home shard's inbox is full.
+    /// first). Waits only while the home's inbox is full.
     pub async fn publish_nowait(
         &self,
         topic: Arc<str>,
@@ -251,7 +252,7 @@ impl Hub {
     }
 }
 
-/// A topic as its home shard sees it.
+/// A topic as its home sees it.
 struct HomeTopic {
     /// The canonical name, shared with every delivery of this topic.
     name: Arc<str>,

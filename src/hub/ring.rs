@@ -29,7 +29,7 @@ impl Ring {
     /// Appends the frame of `seq`, which must follow the last one pushed.
     pub fn push(&mut self, seq: u64, frame: Bytes) {
         if self.frames.is_empty() || seq != self.first_seq + self.frames.len() as u64 {
-            // A gap (should not happen: the home shard assigns seqs) restarts
+            // A gap (should not happen: the home assigns seqs) restarts
             // the history rather than serving a wrong replay.
             self.frames.clear();
             self.first_seq = seq;

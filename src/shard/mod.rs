@@ -366,7 +366,7 @@ impl Shard {
         st.sessions.get(key.slot as usize).filter(|s| s.key == key)
     }
 
-    /// Adds a subscription the home shard acknowledged: index it, queue the
+    /// Adds a subscription the topic's home acknowledged: index it, queue the
     /// REPLY and any replay, and wake the session's pending request.
     fn activate(&self, st: &mut State, ack: SubscribeAck) {
         let Some(s) = Self::session(st, ack.session).cloned() else {
