@@ -43,10 +43,11 @@ need_bins() {
     fi
 }
 
-# A TCP port nobody listens on, from $1 upwards.
+# A TCP port no socket uses (listening or not: a client's local end in
+# FIN_WAIT2 blocks a bind too), from $1 upwards.
 free_port() {
     local p=$1
-    while ss -Htln "sport = :$p" | grep -q . ; do p=$((p + 1)); done
+    while ss -Htan "sport = :$p" | grep -q . ; do p=$((p + 1)); done
     echo "$p"
 }
 
