@@ -300,9 +300,9 @@ struct WriteAcc {
 
 const IOV_MAX: usize = 128;
 
-/// Budget of one delivery batch: publications, and frames queued to
+/// Budget of one delivery batch: inbox messages, and frames queued to
 /// sessions (8 bytes of arena each, so the arena stays under 4 MiB).
-const MAX_BATCH_FRAMES: usize = 8192;
+const MAX_BATCH_MSGS: usize = 8192;
 const MAX_BATCH_LINKS: usize = 512 * 1024;
 
 impl Shard {
@@ -674,13 +674,16 @@ async fn delivery_task(shard: Rc<Shard>, mut rx: mpsc::Receiver<ShardMsg>) {
             // when publications outrun the writes (many topics, few
             // subscribers each) a deeper batch means fewer syscalls per
             // delivery instead of a longer queue.
+            let mut taken = 0;
             loop {
+                taken += inbox.len();
                 for msg in inbox.drain(..) {
                     shard.take(st, msg, max_outbox, &mut acc, &mut barriers);
                 }
-                if st.batch.frames.len() >= MAX_BATCH_FRAMES
-                    || st.batch.arena.len() >= MAX_BATCH_LINKS
-                {
+                // Messages that queue nothing (acks, barriers, a topic
+                // nobody here wants any more) count too, so a producer as
+                // fast as this loop cannot keep the batch open forever.
+                if taken >= MAX_BATCH_MSGS || st.batch.arena.len() >= MAX_BATCH_LINKS {
                     break;
                 }
                 while inbox.len() < 256 {
