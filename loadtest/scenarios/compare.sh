@@ -221,9 +221,9 @@ if [ -n "${PEAK1[herald]:-}" ] && [ -n "$best" ]; then
         local inc="" r
         for r in $(seq "$RUNS"); do
             [ "$(jnum "$OUT/$1-$r-half.json" .complete)" = true ] ||
-                inc="$inc run $r: $(num "$(jnum "$OUT/$1-$r-half.json" .delivered)") of $(num "$(jnum "$OUT/$1-$r-half.json" .expected)") delivered by the cap;"
+                inc="$inc${inc:+; }run $r: $(num "$(jnum "$OUT/$1-$r-half.json" .delivered)") of $(num "$(jnum "$OUT/$1-$r-half.json" .expected)") delivered by the cap"
         done
-        echo "p99 $(num "$(med "$1" half .latency.p99_ms)" 1) ms, p50 $(num "$(med "$1" half .latency.p50_ms)" 1) ms (runs: p99 $(runs "$1" half .latency.p99_ms) ms)${inc:+ (${inc% ;})}"
+        echo "p99 $(num "$(med "$1" half .latency.p99_ms)" 1) ms, p50 $(num "$(med "$1" half .latency.p50_ms)" 1) ms (runs: p99 $(runs "$1" half .latency.p99_ms) ms)${inc:+ ($inc)}"
     }
     half_line="at half of herald's peak ($half msg/s = $(fmt_int "$(calc "$half * $CONNS")") deliveries/s), medians of $RUNS: herald $(desc herald); best peer $best $(desc "$best")"
 fi
