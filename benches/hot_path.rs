@@ -32,7 +32,7 @@ fn encode(c: &mut Criterion) {
         let mut home = HomeState::new(2, 128, std::time::Duration::from_secs(300));
         let topic: std::sync::Arc<str> = "md.BTC-USD".into();
         let now = Instant::now();
-        b.iter(|| black_box(home.publish(&topic, &payload, now)))
+        b.iter(|| black_box(home.publish(&topic, &payload, now).seq))
     });
     g.finish();
 }

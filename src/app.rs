@@ -11,6 +11,8 @@ use tokio::sync::watch;
 
 use crate::api::{self, Api};
 use crate::auth::{OriginPolicy, Verifier};
+use crate::broker::nats::{Follow, NatsBroker, NatsSettings};
+use crate::broker::{Backend, Broker};
 use crate::config::Config;
 use crate::handler::Handler;
 use crate::http::limits::ConnLimits;
@@ -32,6 +34,8 @@ pub enum StartError {
     },
     #[error("cannot start threads: {0}")]
     Thread(std::io::Error),
+    #[error("cluster: {0}")]
+    Broker(#[from] crate::broker::BrokerError),
 }
 
 /// A running gateway. Dropping it without [`Server::shutdown`] stops it
@@ -74,7 +78,29 @@ impl Server {
             ),
             draining: AtomicBool::new(false),
         };
-        let (hub, inboxes) = Hub::new(n, config.hub.inbox_capacity);
+        let control = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("herald-control")
+            .enable_all()
+            .build()
+            .map_err(StartError::Thread)?;
+        let (backend, mut broker_events) = if config.cluster.enabled() {
+            let (broker, events) =
+                control.block_on(NatsBroker::start(nats_settings(&config), n))?;
+            tracing::info!(
+                node_id = %broker.describe().node_id,
+                nats_url = %crate::config::mask_url_passwords(&config.cluster.nats_url),
+                "cluster mode"
+            );
+            let broker: Arc<dyn Broker> = Arc::new(broker);
+            (
+                Backend::Cluster(broker),
+                events.into_iter().map(Some).collect(),
+            )
+        } else {
+            (Backend::Local, (0..n).map(|_| None).collect::<Vec<_>>())
+        };
+        let (hub, inboxes) = Hub::new(n, config.hub.inbox_capacity, backend);
         // 0: the homes share the control thread with ingest and the API.
         let home = if config.hub.home_threads > 0 {
             Some(
@@ -91,6 +117,8 @@ impl Server {
         let home_settings = HomeSettings {
             history: config.hub.history_size,
             topic_ttl: Duration::from_secs(config.hub.topic_idle_ttl_s),
+            max_batch_bytes: config.cluster.max_batch_bytes,
+            max_pending_bytes: config.cluster.max_pending_bytes,
         };
         let home_inboxes = inboxes.homes;
         let shared = Arc::new(Shared::new(config.clone(), gate, hub.clone(), handler));
@@ -112,16 +140,11 @@ impl Server {
             );
         }
 
-        let control = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("herald-control")
-            .enable_all()
-            .build()
-            .map_err(StartError::Thread)?;
         let (stop_ingest, stop_ingest_rx) = watch::channel(false);
         let (stop_admin, stop_admin_rx) = watch::channel(false);
         for (id, rx) in home_inboxes.into_iter().enumerate() {
-            let task = hub::home::run(id, hub.clone(), rx, home_settings);
+            let events = broker_events.get_mut(id).and_then(Option::take);
+            let task = hub::home::run(id, hub.clone(), rx, events, home_settings);
             match &home {
                 Some(rt) => rt.spawn(task),
                 None => control.spawn(task),
@@ -260,6 +283,32 @@ impl Server {
             "stopped"
         );
         clean
+    }
+}
+
+fn nats_settings(config: &Config) -> NatsSettings {
+    let c = &config.cluster;
+    NatsSettings {
+        url: c.nats_url.clone(),
+        node_id: c.node_id(),
+        cluster: c.name.clone(),
+        follow: match c.follow {
+            crate::config::FollowMode::Interest => Follow::Interest,
+            crate::config::FollowMode::Wildcard => Follow::Wildcard,
+        },
+        memory_storage: c.storage == crate::config::StorageMode::Memory,
+        replicas: c.replicas,
+        // A record holds at least one publication; the few extra cover the
+        // marker that fixes a new topic's epoch.
+        history_records: config.hub.history_size as i64 + 2,
+        max_bytes: if c.stream_max_bytes == 0 {
+            -1
+        } else {
+            c.stream_max_bytes as i64
+        },
+        request_timeout: Duration::from_millis(c.request_timeout_ms),
+        creds_file: c.creds_file.clone(),
+        event_capacity: config.hub.inbox_capacity,
     }
 }
 

@@ -32,6 +32,7 @@ pub struct Config {
     pub limits: Limits,
     pub timeouts: Timeouts,
     pub hub: Hub,
+    pub cluster: Cluster,
     pub log: Log,
 }
 
@@ -244,6 +245,96 @@ impl Default for Hub {
             topic_idle_ttl_s: 300,
         }
     }
+}
+
+/// Cluster mode (PROTOCOL.md §5): on when `nats_url` is set.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Cluster {
+    /// NATS server(s), comma-separated (`nats://host:4222`); empty = one
+    /// node on its own. The server must run JetStream (`-js`).
+    pub nats_url: String,
+    /// This node's name in logs, `/api/stats` and the records it writes;
+    /// empty = the host name.
+    pub node_id: String,
+    /// Names the JetStream stream (`HERALD_<name>`) and the subjects; the
+    /// same on every node of one cluster.
+    pub name: String,
+    /// How a node hears the records of its topics: `interest` (one NATS
+    /// subscription per topic with local subscribers) or `wildcard` (one
+    /// for all topics).
+    pub follow: FollowMode,
+    /// Where NATS keeps the topic logs: `file` (they survive a NATS
+    /// restart) or `memory` (faster; a NATS restart starts every topic
+    /// over under a new epoch).
+    pub storage: StorageMode,
+    /// JetStream replicas of the stream (a NATS cluster of that many).
+    pub replicas: usize,
+    /// The stream's size bound; the oldest records go first. 0 = none.
+    pub stream_max_bytes: u64,
+    /// How long a node waits for NATS (ack, direct get) before it counts
+    /// the broker as unreachable for that call.
+    pub request_timeout_ms: u64,
+    /// Payload bytes per batch a home appends to a topic's log at once.
+    pub max_batch_bytes: usize,
+    /// Payload bytes a home holds for the broker (queued or in flight)
+    /// before publishers wait.
+    pub max_pending_bytes: usize,
+    /// A NATS credentials file (JWT + nkey), if the server wants one.
+    pub creds_file: Option<PathBuf>,
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster {
+            nats_url: String::new(),
+            node_id: String::new(),
+            name: "herald".to_owned(),
+            follow: FollowMode::Interest,
+            storage: StorageMode::File,
+            replicas: 1,
+            stream_max_bytes: 1 << 30,
+            request_timeout_ms: 2000,
+            max_batch_bytes: 256 * 1024,
+            max_pending_bytes: 64 * MIB,
+            creds_file: None,
+        }
+    }
+}
+
+impl Cluster {
+    pub fn enabled(&self) -> bool {
+        !self.nats_url.is_empty()
+    }
+
+    /// `node_id`, or the host name when it is empty.
+    pub fn node_id(&self) -> String {
+        if !self.node_id.is_empty() {
+            return self.node_id.clone();
+        }
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+            .map(|h| h.trim().to_owned())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "herald".to_owned())
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FollowMode {
+    #[default]
+    Interest,
+    Wildcard,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageMode {
+    #[default]
+    File,
+    Memory,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -527,6 +618,63 @@ impl Config {
             return invalid("hub.home_threads", "must be 0 to 256");
         }
 
+        let c = &self.cluster;
+        for url in c.nats_url.split(',').filter(|u| !u.trim().is_empty()) {
+            let url = url.trim();
+            let rest = ["nats://", "tls://", "ws://", "wss://"]
+                .iter()
+                .find_map(|p| url.strip_prefix(p))
+                .unwrap_or(url);
+            let host = rest.rsplit('@').next().unwrap_or(rest);
+            if host.is_empty() || host.contains('/') || host.contains(char::is_whitespace) {
+                return invalid(
+                    "cluster.nats_url",
+                    format!("{url:?} is not of the form nats://host:port"),
+                );
+            }
+        }
+        if c.node_id.len() > 64 || c.node_id.chars().any(|ch| ch.is_control() || ch == ' ') {
+            return invalid(
+                "cluster.node_id",
+                "must be at most 64 characters, without spaces",
+            );
+        }
+        if c.name.is_empty()
+            || c.name.len() > 32
+            || !c
+                .name
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-')
+        {
+            return invalid("cluster.name", "must be 1-32 characters of [A-Za-z0-9_-]");
+        }
+        if !(1..=5).contains(&c.replicas) {
+            return invalid("cluster.replicas", "must be in 1..=5");
+        }
+        if c.stream_max_bytes > i64::MAX as u64 {
+            return invalid("cluster.stream_max_bytes", "must be below 2^63");
+        }
+        if !(100..=60_000).contains(&c.request_timeout_ms) {
+            return invalid("cluster.request_timeout_ms", "must be in 100..=60000");
+        }
+        if !(1024..=8 * MIB).contains(&c.max_batch_bytes) {
+            return invalid("cluster.max_batch_bytes", "must be in 1024..=8388608");
+        }
+        if c.max_pending_bytes < c.max_batch_bytes {
+            return invalid(
+                "cluster.max_pending_bytes",
+                "must be at least cluster.max_batch_bytes",
+            );
+        }
+        if let Some(p) = &c.creds_file {
+            if !p.is_file() {
+                return invalid(
+                    "cluster.creds_file",
+                    format!("{} is not a readable file", p.display()),
+                );
+            }
+        }
+
         if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.log.level) {
             return invalid("log.level", e.to_string());
         }
@@ -540,6 +688,7 @@ impl Config {
         if !c.auth.hs256_secret.is_empty() {
             c.auth.hs256_secret = MASK.to_owned();
         }
+        c.cluster.nats_url = mask_url_passwords(&c.cluster.nats_url);
         for list in [&mut c.ingest.tokens, &mut c.api.keys] {
             for s in list.iter_mut().filter(|s| !s.is_empty()) {
                 *s = MASK.to_owned();
@@ -559,6 +708,29 @@ impl Config {
     pub fn ms(v: u64) -> Duration {
         Duration::from_millis(v)
     }
+}
+
+/// `nats://user:secret@host` → `nats://user:***@host`, for each URL.
+pub fn mask_url_passwords(urls: &str) -> String {
+    urls.split(',')
+        .map(|u| {
+            let (scheme, rest) = u.split_once("://").unwrap_or(("", u));
+            match rest.rsplit_once('@') {
+                Some((cred, host)) => {
+                    let user = cred.split_once(':').map_or("", |(user, _)| user);
+                    let cred = if cred.contains(':') {
+                        format!("{user}:{MASK}")
+                    } else {
+                        MASK.to_owned()
+                    };
+                    let sep = if scheme.is_empty() { "" } else { "://" };
+                    format!("{scheme}{sep}{cred}@{host}")
+                }
+                None => u.to_owned(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn parse_table(text: &str, origin: &str) -> Result<toml::Table, ConfigError> {

@@ -81,6 +81,47 @@ fn describe() {
         Unit::Seconds,
         "Per message: how long the delivery batch that carried it took on its shard, from dequeue to the last write"
     );
+    describe_gauge!(
+        "herald_broker_connected",
+        "Cluster mode: 1 while the broker (NATS) is reachable and its stream is set up, else 0"
+    );
+    describe_counter!(
+        "herald_broker_disconnects_total",
+        "Cluster mode: times the broker became unreachable"
+    );
+    describe_counter!(
+        "herald_broker_appends_total",
+        "Cluster mode: batch appends to topic logs, by result (ok, conflict: another writer moved the log and the batch was retried, error)"
+    );
+    describe_counter!(
+        "herald_broker_appended_total",
+        "Cluster mode: publications appended to topic logs by this node"
+    );
+    describe_counter!(
+        "herald_broker_records_total",
+        "Cluster mode: log records received from the broker"
+    );
+    describe_counter!(
+        "herald_broker_malformed_total",
+        "Cluster mode: messages on herald's subjects that are not herald records (ignored)"
+    );
+    describe_counter!(
+        "herald_broker_refused_total",
+        "Cluster mode: publications refused because the broker could not take them"
+    );
+    describe_counter!(
+        "herald_broker_catchups_total",
+        "Cluster mode: topics whose records arrived with a gap (or after an outage) and were fetched from the log"
+    );
+    describe_counter!(
+        "herald_broker_resets_total",
+        "Cluster mode: topics whose log could not be followed without a gap (history cut or new epoch); their subscribers were closed with 1001"
+    );
+    describe_histogram!(
+        "herald_broker_append_seconds",
+        Unit::Seconds,
+        "Cluster mode: from sending a batch to the broker to its acknowledgement"
+    );
     describe_histogram!(
         "herald_handshake_seconds",
         Unit::Seconds,
@@ -123,6 +164,66 @@ impl ShardMetrics {
             published_client: counter!("herald_published_total", "source" => "client"),
             handshakes_ok: counter!("herald_handshakes_total", "result" => "ok"),
         }
+    }
+}
+
+/// Handles of the cluster broker's metrics.
+#[derive(Clone)]
+pub struct BrokerMetrics {
+    pub connected: Gauge,
+    pub disconnects: Counter,
+    pub append_ok: Counter,
+    pub append_conflict: Counter,
+    pub append_error: Counter,
+    pub appended: Counter,
+    pub append_seconds: Histogram,
+    pub records: Counter,
+    pub malformed: Counter,
+}
+
+impl BrokerMetrics {
+    pub fn new() -> Self {
+        BrokerMetrics {
+            connected: gauge!("herald_broker_connected"),
+            disconnects: counter!("herald_broker_disconnects_total"),
+            append_ok: counter!("herald_broker_appends_total", "result" => "ok"),
+            append_conflict: counter!("herald_broker_appends_total", "result" => "conflict"),
+            append_error: counter!("herald_broker_appends_total", "result" => "error"),
+            appended: counter!("herald_broker_appended_total"),
+            append_seconds: histogram!("herald_broker_append_seconds"),
+            records: counter!("herald_broker_records_total"),
+            malformed: counter!("herald_broker_malformed_total"),
+        }
+    }
+}
+
+impl Default for BrokerMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What a home counts in cluster mode.
+#[derive(Clone)]
+pub struct HomeMetrics {
+    pub refused: Counter,
+    pub catchups: Counter,
+    pub resets: Counter,
+}
+
+impl HomeMetrics {
+    pub fn new() -> Self {
+        HomeMetrics {
+            refused: counter!("herald_broker_refused_total"),
+            catchups: counter!("herald_broker_catchups_total"),
+            resets: counter!("herald_broker_resets_total"),
+        }
+    }
+}
+
+impl Default for HomeMetrics {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

@@ -134,11 +134,12 @@ fn measure(
         .map(|seq| publication_frame(name, seq, &payload).len())
         .sum();
     let hub = server.hub().clone();
+    let feed = Arc::new(herald::hub::FeedStatus::default());
     ALLOCS.store(0, Ordering::Relaxed);
     COUNTING.store(true, Ordering::Relaxed);
     rt.block_on(async {
         for _ in 0..msgs {
-            hub.publish_nowait(topic.clone(), payload.clone(), Instant::now())
+            hub.publish_nowait(topic.clone(), payload.clone(), Instant::now(), &feed)
                 .await
                 .unwrap();
         }

@@ -20,7 +20,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::hub::Hub;
+use crate::hub::{Hub, HubError};
 use crate::shard::Shared;
 use crate::wire::topic::is_valid_topic;
 
@@ -209,7 +209,15 @@ async fn publish(api: &Api, req: Request<Incoming>, topic: String) -> Response<F
     metrics::counter!("herald_published_total", "source" => "api").increment(1);
     match api.hub.publish(Arc::from(topic.as_str()), body).await {
         Ok(seq) => json_response(StatusCode::ACCEPTED, json!({ "seq": seq })),
-        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
+        Err(HubError::Unavailable) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the cluster broker is unreachable",
+        ),
+        Err(HubError::TooLarge) => error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too large for the cluster broker",
+        ),
+        Err(HubError::Closed) => error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
     }
 }
 
@@ -277,6 +285,7 @@ fn stats(api: &Api) -> Response<Full<Bytes>> {
             "delivered": delivered,
             "rates": { "published_per_s": pps, "delivered_per_s": dps },
             "draining": api.shared.gate.draining.load(Ordering::Relaxed),
+            "broker": api.hub.backend().info(),
             "uptime_s": api.started.elapsed().as_secs(),
             "shards": shards,
         }),
@@ -288,6 +297,13 @@ fn readyz(api: &Api) -> Response<Full<Bytes>> {
         json_response(
             StatusCode::SERVICE_UNAVAILABLE,
             json!({"status": "draining"}),
+        )
+    } else if !api.hub.backend().connected() {
+        // Up (`/healthz`) and keeping its clients, but a new client could
+        // neither publish nor open a topic here: send it elsewhere.
+        json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"status": "broker unavailable"}),
         )
     } else {
         json_response(StatusCode::OK, json!({"status": "ready"}))

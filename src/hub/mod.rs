@@ -10,22 +10,25 @@
 //! on: the answer carries the last seq, so a shard knows exactly where live
 //! delivery starts — no gap, no duplicate, no lock.
 //!
+//! In cluster mode the seq comes from the topic's log in the broker
+//! ([`crate::broker`]): the home appends, and applies what the log delivers
+//! back to every node, its own included.
+//!
 //! This module never touches a socket and never awaits anything but its own
 //! bounded channels.
 
 pub mod home;
 pub mod ring;
+pub mod state;
 
-use std::collections::HashMap;
-use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::wire::client::publication_frame;
-use ring::Ring;
+use crate::broker::Backend;
+pub use state::{FeedStatus, HomeState, Origin, SubscribeReq};
 
 /// Identifies a session within its shard: slab slot and generation, so a
 /// late answer for a closed session never reaches its slot's next tenant.
@@ -48,14 +51,11 @@ pub enum HomeMsg {
         topic: Arc<str>,
         payload: Bytes,
         at: Instant,
-        reply: Option<oneshot::Sender<u64>>,
+        origin: Origin,
     },
     Subscribe {
         topic: Arc<str>,
-        shard: usize,
-        session: SessionKey,
-        id: u32,
-        recover: Option<(u64, Option<Box<str>>)>,
+        req: SubscribeReq,
     },
     /// One subscription of `shard` ended.
     Unsubscribe {
@@ -70,11 +70,15 @@ pub enum HomeMsg {
 pub enum ShardMsg {
     Deliver {
         topic: Arc<str>,
-        seq: u64,
         frame: Bytes,
         at: Instant,
     },
     Subscribed(Box<SubscribeAck>),
+    /// Close every local subscriber of the topic with 1001: this node
+    /// cannot continue its stream without a gap (cluster mode).
+    Evict {
+        topic: Arc<str>,
+    },
     Barrier(BarrierToken),
     Disconnect {
         user: Arc<str>,
@@ -94,12 +98,19 @@ pub struct SubscribeAck {
     pub recovered: bool,
     /// PUBLICATION frames `since+1 ..= seq`, shared with the ring.
     pub replay: Vec<Bytes>,
+    /// The subscription could not be made: the ERROR code for the client
+    /// (503 while the cluster broker is unreachable).
+    pub error: Option<u16>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum HubError {
     #[error("the gateway is shutting down")]
     Closed,
+    #[error("the cluster broker is unreachable")]
+    Unavailable,
+    #[error("publication too large for the cluster broker")]
+    TooLarge,
 }
 
 /// The cheap, cloneable, thread-safe handle everyone publishes through.
@@ -112,6 +123,7 @@ struct HubInner {
     home: Vec<mpsc::Sender<HomeMsg>>,
     shards: Vec<mpsc::Sender<ShardMsg>>,
     home_stats: Box<[home::HomeStats]>,
+    backend: Backend,
 }
 
 /// The receiving ends: one home inbox per topic partition (for
@@ -123,8 +135,9 @@ pub struct Inboxes {
 
 impl Hub {
     /// A hub for `shards` delivery shards and as many topic partitions
-    /// (homes), every inbox `capacity` messages deep.
-    pub fn new(shards: usize, capacity: usize) -> (Hub, Inboxes) {
+    /// (homes), every inbox `capacity` messages deep, sequencing through
+    /// `backend`.
+    pub fn new(shards: usize, capacity: usize, backend: Backend) -> (Hub, Inboxes) {
         let mut home = Vec::with_capacity(shards);
         let mut deliver = Vec::with_capacity(shards);
         let mut inboxes = Inboxes {
@@ -144,6 +157,7 @@ impl Hub {
                 home_stats: (0..shards).map(|_| home::HomeStats::default()).collect(),
                 home,
                 shards: deliver,
+                backend,
             }),
         };
         (hub, inboxes)
@@ -158,11 +172,19 @@ impl Hub {
         self.inner.shards.len()
     }
 
-    /// The shard that sequences `topic`. Fixed hasher keys: every thread
-    /// must agree.
+    /// The home partition of `topic`.
     pub fn home_of(&self, topic: &str) -> usize {
-        let h = BuildHasherDefault::<DefaultHasher>::default().hash_one(topic);
-        (h % self.inner.home.len() as u64) as usize
+        crate::wire::topic::partition(topic, self.inner.home.len())
+    }
+
+    pub fn backend(&self) -> &Backend {
+        &self.inner.backend
+    }
+
+    /// A publication would be refused at once: cluster mode with the
+    /// broker unreachable.
+    fn refusing(&self) -> bool {
+        !self.inner.backend.connected()
     }
 
     pub(crate) fn home_sender(&self, topic: &str) -> &mpsc::Sender<HomeMsg> {
@@ -173,42 +195,59 @@ impl Hub {
         &self.inner.shards[shard]
     }
 
-    /// Publishes and waits for the seq the topic's home gave the message.
+    /// Publishes and waits for the seq the topic got (in cluster mode: its
+    /// seq in the topic's log, once the broker has stored it).
     pub async fn publish(&self, topic: Arc<str>, payload: Bytes) -> Result<u64, HubError> {
+        if self.refusing() {
+            return Err(HubError::Unavailable);
+        }
         let (tx, rx) = oneshot::channel();
         self.home_sender(&topic)
             .send(HomeMsg::Publish {
                 topic,
                 payload,
                 at: Instant::now(),
-                reply: Some(tx),
+                origin: Origin::Waiter(tx),
             })
             .await
             .map_err(|_| HubError::Closed)?;
-        rx.await.map_err(|_| HubError::Closed)
+        rx.await.map_err(|_| HubError::Closed)?
     }
 
     /// Publishes without waiting for the seq (the feed path: throughput
-    /// first). Waits only while the home's inbox is full.
+    /// first). Waits only while the home's inbox is full. In cluster mode a
+    /// publication the broker refuses later marks `feed` as failed; one
+    /// refused at once is an error here.
     pub async fn publish_nowait(
         &self,
         topic: Arc<str>,
         payload: Bytes,
         at: Instant,
+        feed: &Arc<FeedStatus>,
     ) -> Result<(), HubError> {
+        let origin = if self.inner.backend.is_cluster() {
+            if feed.failed() || self.refusing() {
+                return Err(HubError::Unavailable);
+            }
+            Origin::Feed(feed.clone())
+        } else {
+            Origin::None
+        };
         self.home_sender(&topic)
             .send(HomeMsg::Publish {
                 topic,
                 payload,
                 at,
-                reply: None,
+                origin,
             })
             .await
             .map_err(|_| HubError::Closed)
     }
 
     /// Resolves once every publication enqueued before it (by this caller)
-    /// has been sequenced and handed to every shard's delivery task.
+    /// has been sequenced and handed to every shard's delivery task (one
+    /// node), or stored in its topic's log or refused (cluster mode: check
+    /// the feed's [`FeedStatus`] afterwards).
     pub async fn barrier(&self) -> Result<(), HubError> {
         let (tx, mut rx) = mpsc::channel::<()>(1);
         for home in &self.inner.home {
@@ -250,167 +289,4 @@ impl Hub {
             let _ = shard.send(ShardMsg::Drain).await;
         }
     }
-}
-
-/// A topic as its home sees it.
-struct HomeTopic {
-    /// The canonical name, shared with every delivery of this topic.
-    name: Arc<str>,
-    seq: u64,
-    epoch: Arc<str>,
-    ring: Ring,
-    /// Subscriptions per shard; a shard gets deliveries while its count > 0.
-    interest: Box<[u32]>,
-    last_active: Instant,
-}
-
-/// What a home task owns: the topics it sequences. Sans-IO: the task feeds
-/// it messages and sends what it returns.
-pub struct HomeState {
-    shards: usize,
-    history: usize,
-    idle_ttl: Duration,
-    topics: HashMap<Arc<str>, HomeTopic>,
-}
-
-/// Where a home task must send things after handling one message.
-pub enum HomeOutput {
-    None,
-    /// Send `ShardMsg::Deliver` with these fields to each shard in `targets`.
-    Deliver {
-        topic: Arc<str>,
-        seq: u64,
-        frame: Bytes,
-        at: Instant,
-    },
-    Ack {
-        shard: usize,
-        ack: Box<SubscribeAck>,
-    },
-}
-
-impl HomeState {
-    pub fn new(shards: usize, history: usize, idle_ttl: Duration) -> Self {
-        HomeState {
-            shards,
-            history,
-            idle_ttl,
-            topics: HashMap::new(),
-        }
-    }
-
-    fn topic(&mut self, name: &Arc<str>, now: Instant) -> &mut HomeTopic {
-        // Look up by `&str` first so the common case (topic exists) does not
-        // touch the key's refcount.
-        if !self.topics.contains_key(&**name) {
-            let t = HomeTopic {
-                name: name.clone(),
-                seq: 0,
-                epoch: new_epoch(),
-                ring: Ring::new(self.history),
-                interest: vec![0; self.shards].into_boxed_slice(),
-                last_active: now,
-            };
-            self.topics.insert(name.clone(), t);
-        }
-        let t = self
-            .topics
-            .get_mut(&**name)
-            .expect("present: inserted above when missing");
-        t.last_active = now;
-        t
-    }
-
-    /// Sequences and encodes one publication. Returns the seq.
-    pub fn publish(
-        &mut self,
-        topic: &Arc<str>,
-        payload: &[u8],
-        now: Instant,
-    ) -> (u64, Bytes, Arc<str>) {
-        let t = self.topic(topic, now);
-        t.seq += 1;
-        let frame = publication_frame(&t.name, t.seq, payload);
-        t.ring.push(t.seq, frame.clone());
-        (t.seq, frame, t.name.clone())
-    }
-
-    /// Which shards want deliveries of `topic` (call right after `publish`).
-    pub fn interested<'a>(&'a self, topic: &str) -> impl Iterator<Item = usize> + 'a {
-        self.topics
-            .get(topic)
-            .into_iter()
-            .flat_map(|t| t.interest.iter().enumerate())
-            .filter(|(_, n)| **n > 0)
-            .map(|(i, _)| i)
-    }
-
-    pub fn subscribe(
-        &mut self,
-        topic: &Arc<str>,
-        shard: usize,
-        session: SessionKey,
-        id: u32,
-        recover: Option<(u64, Option<Box<str>>)>,
-        now: Instant,
-    ) -> Box<SubscribeAck> {
-        let t = self.topic(topic, now);
-        if let Some(n) = t.interest.get_mut(shard) {
-            *n += 1;
-        }
-        let mut recovered = false;
-        let mut replay = Vec::new();
-        if let Some((since, Some(epoch))) = &recover {
-            if **epoch == *t.epoch {
-                if let Some(frames) = t.ring.replay(*since, t.seq) {
-                    replay.extend(frames.cloned());
-                    recovered = true;
-                }
-            }
-        }
-        Box::new(SubscribeAck {
-            topic: t.name.clone(),
-            session,
-            id,
-            seq: t.seq,
-            epoch: t.epoch.clone(),
-            recovered,
-            replay,
-        })
-    }
-
-    pub fn unsubscribe(&mut self, topic: &str, shard: usize, now: Instant) {
-        if let Some(t) = self.topics.get_mut(topic) {
-            if let Some(n) = t.interest.get_mut(shard) {
-                *n = n.saturating_sub(1);
-            }
-            t.last_active = now;
-        }
-    }
-
-    /// Forgets topics nobody subscribes to that have been quiet for the idle
-    /// TTL. Their next use starts a new epoch, which is what the contract
-    /// says a lost history looks like.
-    pub fn expire(&mut self, now: Instant) -> usize {
-        let ttl = self.idle_ttl;
-        let before = self.topics.len();
-        self.topics.retain(|_, t| {
-            t.interest.iter().any(|n| *n > 0) || now.duration_since(t.last_active) < ttl
-        });
-        before - self.topics.len()
-    }
-
-    pub fn topic_count(&self) -> usize {
-        self.topics.len()
-    }
-
-    pub fn last_seq(&self, topic: &str) -> Option<(u64, Arc<str>)> {
-        self.topics.get(topic).map(|t| (t.seq, t.epoch.clone()))
-    }
-}
-
-/// A short random string; a new one for every (re)created topic.
-fn new_epoch() -> Arc<str> {
-    let n: u64 = rand::random();
-    Arc::from(format!("{n:016x}"))
 }

@@ -41,6 +41,32 @@ impl Ring {
         self.frames.push_back(frame);
     }
 
+    pub fn clear(&mut self) {
+        self.frames.clear();
+    }
+
+    /// Puts older frames in front of the ring: the run of `older` (seq,
+    /// frame) pairs that ends right before the oldest frame held (or at
+    /// `last` when the ring is empty), as far as the capacity allows.
+    pub fn prepend(&mut self, older: Vec<(u64, Bytes)>, last: u64) {
+        let mut want = if self.frames.is_empty() {
+            last
+        } else {
+            self.first_seq.saturating_sub(1)
+        };
+        for (seq, frame) in older.into_iter().rev() {
+            if seq > want {
+                continue;
+            }
+            if seq < want || want == 0 || self.frames.len() == self.cap {
+                break;
+            }
+            self.frames.push_front(frame);
+            self.first_seq = seq;
+            want -= 1;
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.frames.len()
     }
@@ -121,6 +147,38 @@ mod tests {
         assert_eq!(collect(&r, 0, 0), Some(vec![]));
         assert_eq!(collect(&r, 5, 5), Some(vec![]));
         assert_eq!(collect(&r, 4, 5), None);
+    }
+
+    #[test]
+    fn prepend_adds_the_contiguous_older_run_within_capacity() {
+        let mut r = Ring::new(5);
+        for s in 8..=10 {
+            r.push(s, f(s));
+        }
+        let older = (1..=9).map(|s| (s, f(s))).collect();
+        r.prepend(older, 10);
+        assert_eq!(r.len(), 5);
+        assert_eq!(
+            collect(&r, 5, 10),
+            Some(vec![
+                "6".into(),
+                "7".into(),
+                "8".into(),
+                "9".into(),
+                "10".into()
+            ])
+        );
+        let mut empty = Ring::new(4);
+        empty.prepend(vec![(2, f(2)), (3, f(3))], 3);
+        assert_eq!(collect(&empty, 1, 3), Some(vec!["2".into(), "3".into()]));
+        let mut gap = Ring::new(4);
+        gap.prepend(vec![(1, f(1)), (3, f(3))], 3);
+        assert_eq!(collect(&gap, 2, 3), Some(vec!["3".into()]));
+        assert_eq!(
+            collect(&gap, 0, 3),
+            None,
+            "seq 2 is missing: no replay across it"
+        );
     }
 
     #[test]

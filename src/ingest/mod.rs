@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
-use crate::hub::Hub;
+use crate::hub::{FeedStatus, Hub, HubError};
 use crate::wire::feed::{self, FeedError, FeedFrame};
 
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +25,8 @@ pub enum IngestError {
     HelloTimeout,
     #[error("gateway shutting down")]
     Closed,
+    #[error("the cluster broker is unreachable")]
+    Unavailable,
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -35,8 +37,9 @@ impl IngestError {
             IngestError::Protocol(e) => Some(e.code),
             IngestError::Token => Some(401),
             IngestError::HelloTimeout => Some(408),
-            // The contract has no code for "going away": just close.
-            IngestError::Closed => None,
+            // PROTOCOL.md §4: feeds get 503 before they are closed.
+            IngestError::Closed => Some(503),
+            IngestError::Unavailable => Some(503),
             IngestError::Io(_) => None,
         }
     }
@@ -92,6 +95,7 @@ pub async fn serve(
                 cfg,
                 hub,
                 name: String::new(),
+                status: Arc::new(FeedStatus::default()),
             };
             let result = feed.run(stop).await;
             drop(permit);
@@ -119,6 +123,16 @@ struct Feed {
     cfg: Arc<IngestConfig>,
     hub: Hub,
     name: String,
+    /// Set by the homes when one of this feed's publications could not be
+    /// placed in the cluster.
+    status: Arc<FeedStatus>,
+}
+
+fn hub_error(e: HubError) -> IngestError {
+    match e {
+        HubError::Closed => IngestError::Closed,
+        HubError::Unavailable | HubError::TooLarge => IngestError::Unavailable,
+    }
 }
 
 impl Feed {
@@ -193,13 +207,16 @@ impl Feed {
                         let payload = body.slice_ref(payload);
                         let topic: Arc<str> = Arc::from(topic);
                         self.hub
-                            .publish_nowait(topic, payload, at)
+                            .publish_nowait(topic, payload, at, &self.status)
                             .await
-                            .map_err(|_| IngestError::Closed)?;
+                            .map_err(hub_error)?;
                         published.increment(1);
                     }
                     FeedFrame::Ping { nonce } => {
-                        self.hub.barrier().await.map_err(|_| IngestError::Closed)?;
+                        self.hub.barrier().await.map_err(hub_error)?;
+                        if self.status.failed() {
+                            return Err(IngestError::Unavailable);
+                        }
                         self.stream.write_all(&feed::pong(nonce)).await?;
                     }
                     FeedFrame::Hello { .. } => {

@@ -41,7 +41,7 @@ use crate::handler::Handler;
 use crate::http::{Accepted, Gate};
 use crate::hub::{BarrierToken, HomeMsg, Hub, SessionKey, ShardMsg, SubscribeAck};
 use crate::metrics::{self as m, ShardMetrics};
-use crate::wire::client::subscribe_reply_frame;
+use crate::wire::client::{error_frame, subscribe_reply_frame};
 use session::{Phase, ReadyQueue, Session, SubSlot};
 
 /// Process-wide state every shard reads.
@@ -378,6 +378,18 @@ impl Shard {
             s.resume();
             return;
         }
+        if let Some(code) = ack.error {
+            self.release_interest(ack.topic);
+            m::client_error(code);
+            let msg = if code == 503 {
+                "the cluster broker is unreachable"
+            } else {
+                "cannot subscribe"
+            };
+            self.send(&s, error_frame(ack.id, code, msg));
+            s.resume();
+            return;
+        }
         let list = st.topics.entry(ack.topic.clone()).or_default();
         s.subs.borrow_mut().push(SubSlot {
             topic: ack.topic.clone(),
@@ -474,9 +486,7 @@ impl Shard {
         barriers: &mut Vec<BarrierToken>,
     ) {
         match msg {
-            ShardMsg::Deliver {
-                topic, frame, at, ..
-            } => {
+            ShardMsg::Deliver { topic, frame, at } => {
                 let State { topics, batch, .. } = st;
                 let Some(list) = topics.get(&topic) else {
                     return;
@@ -488,6 +498,15 @@ impl Shard {
                 }
             }
             ShardMsg::Subscribed(ack) => self.activate(st, *ack),
+            ShardMsg::Evict { topic } => {
+                if let Some(list) = st.topics.get(&topic) {
+                    for s in list {
+                        if s.phase.get() == Phase::Open {
+                            s.close(1001, "topic stream interrupted; subscribe again");
+                        }
+                    }
+                }
+            }
             ShardMsg::Barrier(token) => barriers.push(token),
             ShardMsg::Disconnect { user, reply } => {
                 let mut n = 0;

@@ -29,7 +29,7 @@ use crate::auth::Claims;
 use crate::handler::{SessionInfo, TransportError};
 use crate::http::limits::ConnPermit;
 use crate::http::Accepted;
-use crate::hub::{HomeMsg, SessionKey};
+use crate::hub::{HomeMsg, HubError, SessionKey, SubscribeReq};
 use crate::metrics as m;
 use crate::wire::client::{self, Request};
 use crate::wire::ws::{self, Decoder, Event};
@@ -668,10 +668,12 @@ fn act(shard: &Rc<Shard>, s: &Rc<Session>, action: Action) {
             s.pending.set(true);
             let msg = HomeMsg::Subscribe {
                 topic: topic.clone(),
-                shard: shard.id,
-                session: s.key,
-                id,
-                recover,
+                req: SubscribeReq {
+                    shard: shard.id,
+                    session: s.key,
+                    id,
+                    recover,
+                },
             };
             let tx = shard.shared.hub.home_sender(&topic).clone();
             spawn_local(async move {
@@ -698,7 +700,15 @@ fn act(shard: &Rc<Shard>, s: &Rc<Session>, action: Action) {
             spawn_local(async move {
                 let frame = match shard.shared.hub.publish(topic, payload).await {
                     Ok(seq) => client::publish_reply_frame(id, seq),
-                    Err(_) => {
+                    Err(HubError::Unavailable) => {
+                        m::client_error(503);
+                        client::error_frame(id, 503, "the cluster broker is unreachable")
+                    }
+                    Err(HubError::TooLarge) => {
+                        m::client_error(413);
+                        client::error_frame(id, 413, "too large for the cluster broker")
+                    }
+                    Err(HubError::Closed) => {
                         m::client_error(500);
                         client::error_frame(id, 500, "shutting down")
                     }

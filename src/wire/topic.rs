@@ -8,6 +8,14 @@
 pub const MAX_TOPIC_LEN: usize = 128;
 
 /// 1..=128 bytes of `[A-Za-z0-9._:-]`.
+/// The partition (home) of `topic` among `n`. Fixed hasher keys: every
+/// thread, and every node of a cluster, must agree.
+pub fn partition(topic: &str, n: usize) -> usize {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    let h = BuildHasherDefault::<DefaultHasher>::default().hash_one(topic);
+    (h % n.max(1) as u64) as usize
+}
+
 pub fn is_valid_topic(t: &str) -> bool {
     !t.is_empty()
         && t.len() <= MAX_TOPIC_LEN

@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod nats;
+
 use std::net::SocketAddr;
 use std::ops::Deref;
 use std::sync::Arc;

@@ -1,0 +1,210 @@
+//! The broker seam: how the homes of several nodes agree on one sequence
+//! per topic.
+//!
+//! A node's homes ([`crate::hub`]) own what a node knows of a topic (its
+//! seq, epoch, history ring, which shards subscribe). Where the seq comes
+//! from is the backend's business:
+//!
+//! - [`Backend::Local`], the default: one node, so the home is the topic's
+//!   only writer and assigns `seq + 1` in memory, in line, with no hop.
+//! - [`Backend::Cluster`]: a shared, ordered **log per topic** outside the
+//!   node ([`nats::NatsBroker`], JetStream). A home appends batches of
+//!   publications to the topic's log on condition that the log still ends
+//!   where the home believes it does ([`Broker::append`], compare-and-set),
+//!   and every node that follows the topic receives every appended
+//!   [`Record`] in log order. The seq of a publication is its position in
+//!   the topic's log, so every node sees the same seq and epoch.
+//!
+//! Everything a backend reports comes back to the home of the topic as an
+//! [`Event`] on that home's bounded event channel; a backend never touches
+//! hub state. Interest is an event the backend sees: [`Broker::open`] when
+//! a node's first subscriber to a topic arrives, [`Broker::close`] when the
+//! last one leaves (or the topic expires on the node).
+//!
+//! Only this module names NATS.
+
+pub mod codec;
+pub mod nats;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+/// Where a topic's log ends: the seq of its last publication, the epoch
+/// of its sequence, and the backend's position (`offset`) of the record
+/// that holds it. `offset` 0 is an empty log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tail {
+    pub epoch: Arc<str>,
+    pub seq: u64,
+    pub offset: u64,
+}
+
+/// One entry of a topic's log: `count` publications with seqs
+/// `first_seq ..`, or none (a marker that fixes the epoch of a topic that
+/// has subscribers but no publication yet).
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// The backend's position of this record (increasing along the log).
+    pub offset: u64,
+    /// The offset of the record before it in the same topic (0: first).
+    pub prev: u64,
+    pub epoch: Arc<str>,
+    pub first_seq: u64,
+    /// The payloads, framed by [`codec`].
+    pub body: Bytes,
+}
+
+impl Record {
+    /// The payloads in seq order, as slices of the body (no copy).
+    pub fn payloads(&self) -> codec::Payloads<'_> {
+        codec::Payloads::new(&self.body)
+    }
+
+    /// The seq of the last publication in this record (`first_seq - 1` for
+    /// a marker).
+    pub fn last_seq(&self) -> u64 {
+        self.first_seq + self.payloads().count() as u64 - 1
+    }
+}
+
+/// A successful append: the batch got seqs `first_seq ..= tail.seq`.
+#[derive(Debug, Clone)]
+pub struct Appended {
+    pub first_seq: u64,
+    pub tail: Tail,
+}
+
+/// The answer to [`Broker::fetch`].
+#[derive(Debug)]
+pub enum Fetched {
+    /// The records after the requested offset, in log order. `more`: there
+    /// are others after these; fetch again from the last one.
+    Records { records: Vec<Record>, more: bool },
+    /// The log no longer continues from the requested offset (its history
+    /// was cut or the topic started over); it now ends at this tail, or is
+    /// empty (`None`).
+    Moved(Option<Tail>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BrokerError {
+    /// The broker cannot be reached (or did not answer in time).
+    #[error("the cluster broker is unreachable")]
+    Unavailable,
+    /// A publication larger than the broker takes in one message.
+    #[error("publication too large for the cluster broker")]
+    TooLarge,
+    /// Other writers kept moving the log; gave up after several tries.
+    #[error("the topic's log kept moving; gave up")]
+    Contended,
+    #[error("broker: {0}")]
+    Other(String),
+}
+
+/// What a backend reports to the home of a topic.
+#[derive(Debug)]
+pub enum Event {
+    /// A record of a topic this node follows, as the log delivered it.
+    Record { topic: Arc<str>, record: Record },
+    Appended {
+        topic: Arc<str>,
+        result: Result<Appended, BrokerError>,
+    },
+    /// The answer to [`Broker::open`]: the log's tail once this node
+    /// follows the topic (a new topic's log gets its epoch here).
+    Opened {
+        topic: Arc<str>,
+        result: Result<Tail, BrokerError>,
+    },
+    Fetched {
+        topic: Arc<str>,
+        after: u64,
+        result: Result<Fetched, BrokerError>,
+    },
+    /// The answer to [`Broker::history`]: records in log order, ending
+    /// with the tail's.
+    History {
+        topic: Arc<str>,
+        result: Result<Vec<Record>, BrokerError>,
+    },
+    /// The broker is reachable again after an outage: what was missed
+    /// must be fetched.
+    Reconnected,
+    /// The broker became unreachable.
+    Disconnected,
+}
+
+/// A shared, ordered log per topic. Every call returns at once; its outcome
+/// comes later as an [`Event`] on the event channel of partition `part`.
+pub trait Broker: Send + Sync + 'static {
+    /// Appends `payloads` (none: a marker) to the topic's log if it still
+    /// ends at `expect` (or, without `expect`, wherever it ends: the backend
+    /// reads the tail first). When the log moved, the backend re-reads the
+    /// tail and tries again; a log that does not exist yet is started with
+    /// a new epoch. → [`Event::Appended`].
+    fn append(&self, part: usize, topic: Arc<str>, expect: Option<Tail>, payloads: Vec<Bytes>);
+    /// This node starts following the topic: from now on every record
+    /// appended is reported as [`Event::Record`] (possibly some from
+    /// before the tail as well), then → [`Event::Opened`].
+    fn open(&self, part: usize, topic: Arc<str>);
+    /// This node stops following the topic.
+    fn close(&self, part: usize, topic: Arc<str>);
+    /// The records after offset `after`. → [`Event::Fetched`].
+    fn fetch(&self, part: usize, topic: Arc<str>, after: u64);
+    /// The newest records of the topic back to the one holding
+    /// `down_to_seq` (or as far as the log reaches). → [`Event::History`].
+    fn history(&self, part: usize, topic: Arc<str>, down_to_seq: u64);
+    /// Whether the broker is reachable right now.
+    fn connected(&self) -> bool;
+    /// A short name for logs and `/api/stats`.
+    fn describe(&self) -> BrokerInfo;
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BrokerInfo {
+    pub kind: &'static str,
+    pub node_id: String,
+    pub connected: bool,
+}
+
+/// Which backend the homes use.
+#[derive(Clone, Default)]
+pub enum Backend {
+    /// One node: the homes sequence their topics themselves.
+    #[default]
+    Local,
+    /// Several nodes on a shared broker.
+    Cluster(Arc<dyn Broker>),
+}
+
+impl Backend {
+    pub fn info(&self) -> BrokerInfo {
+        match self {
+            Backend::Local => BrokerInfo {
+                kind: "local",
+                node_id: String::new(),
+                connected: true,
+            },
+            Backend::Cluster(b) => b.describe(),
+        }
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Backend::Cluster(_))
+    }
+
+    /// False only while a cluster broker is unreachable.
+    pub fn connected(&self) -> bool {
+        match self {
+            Backend::Local => true,
+            Backend::Cluster(b) => b.connected(),
+        }
+    }
+}
+
+/// A fresh epoch: a short random string.
+pub fn new_epoch() -> Arc<str> {
+    let n: u64 = rand::random();
+    Arc::from(format!("{n:016x}"))
+}
