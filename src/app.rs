@@ -85,8 +85,16 @@ impl Server {
             .build()
             .map_err(StartError::Thread)?;
         let (backend, mut broker_events) = if config.cluster.enabled() {
-            let (broker, events) =
-                control.block_on(NatsBroker::start(nats_settings(&config), n))?;
+            // Not `block_on`: `start` may be called from inside another
+            // runtime (an embedding application, the tests).
+            let (tx, rx) = std::sync::mpsc::channel();
+            let settings = nats_settings(&config);
+            control.spawn(async move {
+                let _ = tx.send(NatsBroker::start(settings, n).await);
+            });
+            let (broker, events) = rx.recv().map_err(|_| {
+                crate::broker::BrokerError::Other("the broker did not start".into())
+            })??;
             tracing::info!(
                 node_id = %broker.describe().node_id,
                 nats_url = %crate::config::mask_url_passwords(&config.cluster.nats_url),

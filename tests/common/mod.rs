@@ -272,6 +272,46 @@ pub async fn next_publication(ws: &mut Ws) -> (String, u64, Vec<u8>) {
     }
 }
 
+/// SUBSCRIBE with `since`/`epoch`; returns the reply's (seq, epoch, recovered).
+pub async fn subscribe_since(
+    ws: &mut Ws,
+    id: u32,
+    topic: &str,
+    since: u64,
+    epoch: &str,
+) -> (u64, String, bool) {
+    send_bin(
+        ws,
+        client::encode_subscribe(id, topic, Some((since, epoch))),
+    )
+    .await;
+    match next_server(ws).await {
+        ServerMessage::Reply {
+            id: rid,
+            seq: Some(seq),
+            epoch: Some(e),
+            recovered: Some(r),
+        } if rid == id => (seq, e, r),
+        other => panic!("expected the SUBSCRIBE reply, got {other:?}"),
+    }
+}
+
+/// Reads `n` publications: (seq, payload).
+pub async fn publications(ws: &mut Ws, n: usize) -> Vec<(u64, Vec<u8>)> {
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (_, seq, p) = next_publication(ws).await;
+        v.push((seq, p));
+    }
+    v
+}
+
+pub async fn nothing_more(ws: &mut Ws) {
+    if let Some(m) = next_msg_within(ws, Duration::from_millis(300)).await {
+        panic!("expected nothing more, got {m:?}");
+    }
+}
+
 pub async fn expect_error(ws: &mut Ws, id: u32, code: u16) {
     match next_server(ws).await {
         ServerMessage::Error {

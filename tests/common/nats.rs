@@ -9,8 +9,51 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use herald::config::Config;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+
+use super::{api, start, wait_until, TestServer};
+
+// ---------------------------------------------------------------------------
+// Cluster nodes
+
+/// Node `i` of a cluster on `url`: one shard per node keeps the thread
+/// count of three nodes in one process modest.
+pub fn node(url: &str, i: usize, tweak: impl FnOnce(&mut Config)) -> TestServer {
+    start(|c| {
+        c.cluster.nats_url = url.to_owned();
+        c.cluster.node_id = format!("node-{i}");
+        c.cluster.request_timeout_ms = 1000;
+        c.shards.count = if i == 0 { 2 } else { 1 };
+        tweak(c);
+    })
+}
+
+pub async fn ready(s: &TestServer) {
+    let ok = wait_until(Duration::from_secs(10), || async {
+        api(s.admin(), "GET", "/readyz", None, b"").await.status == 200
+    })
+    .await;
+    assert!(ok, "node ready (connected to NATS) within 10 s");
+}
+
+pub async fn cluster(url: &str, tweak: impl Fn(&mut Config)) -> Vec<TestServer> {
+    let nodes: Vec<TestServer> = (0..3).map(|i| node(url, i, &tweak)).collect();
+    for n in &nodes {
+        ready(n).await;
+    }
+    nodes
+}
+
+pub async fn stop_all(nodes: Vec<TestServer>) {
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// nats-server
 
 pub struct NatsServer {
     pub port: u16,
