@@ -42,6 +42,11 @@ const H_EPOCH: &str = "Herald-Epoch";
 const H_SEQ: &str = "Herald-Seq";
 const H_NODE: &str = "Herald-Node";
 const H_PREV: &str = "Nats-Expected-Last-Subject-Sequence";
+/// JetStream's de-duplication key (within the stream's duplicate window).
+const H_MSG_ID: &str = "Nats-Msg-Id";
+/// A batch whose ack was lost waits for NATS this many request timeouts
+/// before it is answered as refused.
+const UNKNOWN_OUTCOME_WAIT: u32 = 30;
 /// Added by the stream when it republishes a stored message.
 const H_STREAM_SEQ: &str = "Nats-Sequence";
 /// Room for the headers above when checking a batch against `max_payload`.
@@ -100,6 +105,9 @@ struct Inner {
     /// Topic → (generation, forwarding task) for `Follow::Interest`.
     follows: Mutex<HashMap<Arc<str>, (u64, Option<tokio::task::AbortHandle>)>>,
     generation: AtomicU64,
+    /// Makes this process's batch ids unique across restarts.
+    boot: u64,
+    batches: AtomicU64,
     rt: tokio::runtime::Handle,
     metrics: crate::metrics::BrokerMetrics,
 }
@@ -174,6 +182,8 @@ impl NatsBroker {
             ready: AtomicBool::new(false),
             follows: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
+            boot: rand::random(),
+            batches: AtomicU64::new(0),
             rt: tokio::runtime::Handle::current(),
             metrics: crate::metrics::BrokerMetrics::new(),
         });
@@ -234,12 +244,17 @@ impl Inner {
                 }
             }
         }
+        if self.ready.load(Ordering::SeqCst) {
+            return;
+        }
+        // The homes hear of it before anyone can see the broker as
+        // reachable (`/readyz`, publishes).
+        for tx in &self.events {
+            let _ = tx.send(Event::Reconnected).await;
+        }
         if !self.ready.swap(true, Ordering::SeqCst) {
             tracing::info!(url = %self.settings.url, stream = %self.stream_name, "cluster broker connected");
             self.metrics.connected.set(1.0);
-            for tx in &self.events {
-                let _ = tx.send(Event::Reconnected).await;
-            }
         }
     }
 
@@ -378,6 +393,10 @@ impl Inner {
         BrokerError::Unavailable
     }
 
+    /// Appends one batch. The batch keeps one `Nats-Msg-Id` through all its
+    /// attempts, so that JetStream's de-duplication (checked before the
+    /// compare-and-set) answers the one question a lost ack leaves open:
+    /// was it stored?
     async fn append(
         &self,
         topic: &str,
@@ -391,22 +410,45 @@ impl Inner {
             return Err(BrokerError::TooLarge);
         }
         let subject = self.in_subject(topic);
-        for _ in 0..MAX_TRIES {
-            if !self.connected() {
+        let msg_id = format!(
+            "{}:{}:{}",
+            self.settings.node_id,
+            self.boot,
+            self.batches.fetch_add(1, Ordering::Relaxed)
+        );
+        // (prev, first seq, epoch) of the current attempt; kept across an
+        // attempt whose outcome is unknown, replaced after a refusal.
+        let mut attempt: Option<(u64, u64, Arc<str>)> = None;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            if tries > MAX_TRIES {
+                self.metrics.append_error.increment(1);
+                return Err(BrokerError::Contended);
+            }
+            if !self.connected() && attempt.is_none() {
                 return Err(BrokerError::Unavailable);
             }
-            let (prev, first, epoch) = match expect.take() {
-                Some(t) => (t.offset, t.seq + 1, t.epoch),
-                None => match self.tail(topic).await? {
-                    Some(t) => (t.offset, t.seq + 1, t.epoch),
-                    None => (0, 1, new_epoch()),
-                },
+            let (prev, first, epoch) = match attempt.clone() {
+                Some(a) => a,
+                None => {
+                    let a = match expect.take() {
+                        Some(t) => (t.offset, t.seq + 1, t.epoch),
+                        None => match self.tail(topic).await? {
+                            Some(t) => (t.offset, t.seq + 1, t.epoch),
+                            None => (0, 1, new_epoch()),
+                        },
+                    };
+                    attempt = Some(a.clone());
+                    a
+                }
             };
             let mut headers = HeaderMap::new();
             headers.insert(H_PREV, prev.to_string());
             headers.insert(H_EPOCH, &*epoch);
             headers.insert(H_SEQ, first.to_string());
             headers.insert(H_NODE, self.settings.node_id.as_str());
+            headers.insert(H_MSG_ID, msg_id.as_str());
             let started = std::time::Instant::now();
             let ack = match self
                 .js
@@ -432,24 +474,48 @@ impl Inner {
                 }
                 Err(e) => match e.kind() {
                     PublishErrorKind::WrongLastSequence => {
+                        // Definitely not stored (a stored batch would have
+                        // been answered as a duplicate): read the tail again.
                         self.metrics.append_conflict.increment(1);
+                        attempt = None;
                     }
                     PublishErrorKind::StreamNotFound => {
                         // A NATS that lost its store: set the stream up again.
                         self.ensure_stream()
                             .await
                             .map_err(|_| BrokerError::Unavailable)?;
+                        attempt = None;
                     }
                     PublishErrorKind::MaxPayloadExceeded => return Err(BrokerError::TooLarge),
                     _ => {
+                        // The ack was lost: the batch may be stored, or may
+                        // still reach NATS from the client's queue once it
+                        // reconnects. Answering "refused" now could be a
+                        // lie, so wait for NATS and ask again with the same
+                        // message id.
                         self.metrics.append_error.increment(1);
-                        return Err(self.unavailable(&e));
+                        if !self.await_connected().await {
+                            tracing::warn!(topic, "cluster broker gone too long; a publication whose outcome is unknown is answered as refused");
+                            return Err(self.unavailable(&e));
+                        }
                     }
                 },
             }
         }
-        self.metrics.append_error.increment(1);
-        Err(BrokerError::Contended)
+    }
+
+    /// Waits until the broker is reachable again, at most
+    /// [`UNKNOWN_OUTCOME_WAIT`] request timeouts.
+    async fn await_connected(&self) -> bool {
+        let deadline =
+            tokio::time::Instant::now() + self.settings.request_timeout * UNKNOWN_OUTCOME_WAIT;
+        while tokio::time::Instant::now() < deadline {
+            if self.connected() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
     }
 
     /// Subscribes to the topic's republished records (interest mode), then

@@ -104,7 +104,7 @@ pub async fn run(
             _ = expire.tick() => {
                 let now = Instant::now();
                 home.expire(now);
-                home.tick(now, &mut out);
+                home.tick(now, hub.backend().connected(), &mut out);
                 stats.topics.store(home.topic_count() as u64, Ordering::Relaxed);
                 topics_gauge.set(home.topic_count() as f64);
             }
@@ -119,7 +119,10 @@ pub async fn run(
                     origin,
                 } => {
                     if home.is_cluster() {
-                        home.enqueue(&topic, payload, origin, now, &mut out);
+                        // One source of truth for reachability: the broker's
+                        // own flag, not the order its events arrive in.
+                        let up = hub.backend().connected();
+                        home.enqueue(&topic, payload, origin, up, now, &mut out);
                         continue;
                     }
                     let p = home.publish(&topic, &payload, now);

@@ -263,8 +263,6 @@ pub struct HomeState {
     topics: HashMap<Arc<str>, Topic>,
     /// Cluster: payload bytes queued or in flight.
     pending_bytes: usize,
-    /// Cluster: the broker as last reported.
-    connected: bool,
     metrics: Option<crate::metrics::HomeMetrics>,
 }
 
@@ -284,13 +282,12 @@ impl HomeState {
             cluster: None,
             topics: HashMap::new(),
             pending_bytes: 0,
-            connected: true,
             metrics: None,
         }
     }
 
     /// A home of a cluster node: seqs come from the topic logs in the
-    /// broker. Starts as disconnected until the broker reports in.
+    /// broker.
     pub fn new_cluster(
         shards: usize,
         history: usize,
@@ -299,7 +296,6 @@ impl HomeState {
     ) -> Self {
         HomeState {
             cluster: Some(settings),
-            connected: false,
             metrics: Some(crate::metrics::HomeMetrics::new()),
             ..HomeState::new(shards, history, idle_ttl)
         }
@@ -469,16 +465,18 @@ impl HomeState {
         }
     }
 
-    /// Cluster: queues a publication for the topic's log.
+    /// Cluster: queues a publication for the topic's log; refused at once
+    /// while the broker is unreachable (`connected` false).
     pub fn enqueue(
         &mut self,
         topic: &Arc<str>,
         payload: Bytes,
         origin: Origin,
+        connected: bool,
         now: Instant,
         out: &mut Vec<Effect>,
     ) {
-        if !self.connected {
+        if !connected {
             self.refuse(origin, HubError::Unavailable, out);
             return;
         }
@@ -556,7 +554,6 @@ impl HomeState {
             } => self.on_fetched(&topic, after, result, now, out),
             broker::Event::History { topic, result } => self.on_history(&topic, result, out),
             broker::Event::Reconnected => {
-                self.connected = true;
                 for t in self.topics.values_mut() {
                     let Some(link) = t.link.as_mut() else {
                         continue;
@@ -578,7 +575,6 @@ impl HomeState {
                 }
             }
             broker::Event::Disconnected => {
-                self.connected = false;
                 for t in self.topics.values_mut() {
                     if let Some(link) = t.link.as_mut() {
                         // The log may restart under us (a NATS without its
@@ -590,9 +586,10 @@ impl HomeState {
         }
     }
 
-    /// Retries what an outage left undone: catch-ups whose fetch failed.
-    pub fn tick(&mut self, _now: Instant, out: &mut Vec<Effect>) {
-        if !self.connected {
+    /// Retries what an outage left undone: catch-ups whose fetch failed
+    /// (only while the broker is reachable, `connected`).
+    pub fn tick(&mut self, _now: Instant, connected: bool, out: &mut Vec<Effect>) {
+        if !connected {
             return;
         }
         for t in self.topics.values_mut() {

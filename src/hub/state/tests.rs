@@ -130,7 +130,6 @@ fn cluster(shards: usize) -> HomeState {
             max_batch_bytes: 10,
         },
     );
-    h.on_event(Event::Reconnected, Instant::now(), &mut Vec::new());
     h
 }
 
@@ -338,7 +337,7 @@ fn publications_are_appended_in_batches_one_at_a_time_and_get_the_log_seqs() {
     for p in ["aaaa", "bbbb", "cccc", "dddd"] {
         let (tx, rx) = oneshot::channel();
         waits.push(rx);
-        h.enqueue(&t, Bytes::from(p), Origin::Waiter(tx), now, &mut out);
+        h.enqueue(&t, Bytes::from(p), Origin::Waiter(tx), true, now, &mut out);
     }
     // The first went alone (nothing in flight yet); the rest wait.
     let [Effect::Append {
@@ -415,6 +414,7 @@ fn a_refused_batch_refuses_what_was_queued_behind_it_and_fails_the_feed() {
             &t,
             Bytes::from("xxxxxxxx"),
             Origin::Feed(feed.clone()),
+            true,
             now,
             &mut out,
         );
@@ -473,7 +473,7 @@ fn a_barrier_waits_for_the_batches_queued_before_it() {
     let t: Arc<str> = Arc::from("t");
     let now = Instant::now();
     let mut out = Vec::new();
-    h.enqueue(&t, Bytes::from("x"), Origin::None, now, &mut out);
+    h.enqueue(&t, Bytes::from("x"), Origin::None, true, now, &mut out);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
     h.barrier(BarrierToken(tx));
     assert!(matches!(
