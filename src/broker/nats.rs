@@ -90,6 +90,10 @@ pub struct NatsBroker {
     inner: Arc<Inner>,
 }
 
+/// A topic this node follows (interest mode): the generation of the
+/// `open` that subscribed, and the task forwarding its records once it runs.
+type Following = (u64, Option<tokio::task::AbortHandle>);
+
 struct Inner {
     settings: NatsSettings,
     client: async_nats::Client,
@@ -103,7 +107,7 @@ struct Inner {
     /// True once connected and the stream is known to exist.
     ready: AtomicBool,
     /// Topic → (generation, forwarding task) for `Follow::Interest`.
-    follows: Mutex<HashMap<Arc<str>, (u64, Option<tokio::task::AbortHandle>)>>,
+    follows: Mutex<HashMap<Arc<str>, Following>>,
     generation: AtomicU64,
     /// Makes this process's batch ids unique across restarts.
     boot: u64,

@@ -21,28 +21,17 @@ fn req(shard: usize, slot: u32, recover: Option<(u64, &str)>) -> SubscribeReq {
     }
 }
 
-fn acks(out: &mut Vec<Effect>) -> Vec<Box<SubscribeAck>> {
-    let mut v = Vec::new();
-    out.retain_mut(|e| match e {
-        Effect::Ack { ack, .. } => {
-            v.push(std::mem::replace(
-                ack,
-                Box::new(SubscribeAck {
-                    topic: Arc::from(""),
-                    session: key(0),
-                    id: 0,
-                    seq: 0,
-                    epoch: Arc::from(""),
-                    recovered: false,
-                    replay: Vec::new(),
-                    error: None,
-                }),
-            ));
-            false
+fn acks(out: &mut Vec<Effect>) -> Vec<SubscribeAck> {
+    let mut acks = Vec::new();
+    let mut rest = Vec::new();
+    for e in out.drain(..) {
+        match e {
+            Effect::Ack { ack, .. } => acks.push(*ack),
+            other => rest.push(other),
         }
-        _ => true,
-    });
-    v
+    }
+    *out = rest;
+    acks
 }
 
 fn delivered(out: &[Effect]) -> Vec<(Bytes, Targets)> {
@@ -122,15 +111,14 @@ fn an_expired_topic_comes_back_under_a_new_epoch() {
 // ---- cluster mode -------------------------------------------------------
 
 fn cluster(shards: usize) -> HomeState {
-    let mut h = HomeState::new_cluster(
+    HomeState::new_cluster(
         shards,
         8,
         Duration::from_secs(60),
         ClusterSettings {
             max_batch_bytes: 10,
         },
-    );
-    h
+    )
 }
 
 fn record(offset: u64, prev: u64, epoch: &str, first: u64, ps: &[&str]) -> Record {
@@ -160,7 +148,7 @@ fn tail(epoch: &str, seq: u64, offset: u64) -> Tail {
 }
 
 /// Subscribes one session of shard 0 to `t` and opens it at `tl`.
-fn open_at(h: &mut HomeState, t: &Arc<str>, tl: Tail) -> Box<SubscribeAck> {
+fn open_at(h: &mut HomeState, t: &Arc<str>, tl: Tail) -> SubscribeAck {
     let now = Instant::now();
     let mut out = Vec::new();
     h.subscribe(t, req(0, 1, None), now, &mut out);
@@ -455,6 +443,7 @@ fn while_disconnected_publications_are_refused_at_once() {
         &Arc::from("t"),
         Bytes::from("x"),
         Origin::None,
+        false,
         now,
         &mut out,
     );
