@@ -1004,6 +1004,40 @@ mod tests {
     }
 
     #[test]
+    fn cluster_mode_is_off_by_default_and_its_keys_parse() {
+        let c = Config::from_toml_str("").expect("valid");
+        assert!(!c.cluster.enabled());
+        assert_eq!(c.cluster.name, "herald");
+        assert_eq!(c.cluster.follow, FollowMode::Interest);
+        assert_eq!(c.cluster.storage, StorageMode::File);
+        assert!(
+            !c.cluster.node_id().is_empty(),
+            "falls back to the host name"
+        );
+        let c = Config::from_toml_str(
+            "[cluster]\nnats_url = \"nats://a:4222,nats://b:4222\"\nnode_id = \"n1\"\nfollow = \"wildcard\"\nstorage = \"memory\"\n",
+        )
+        .expect("valid");
+        assert!(c.cluster.enabled());
+        assert_eq!(c.cluster.node_id(), "n1");
+        assert_eq!(c.cluster.follow, FollowMode::Wildcard);
+        assert_eq!(c.cluster.storage, StorageMode::Memory);
+        let e = Config::from_toml_str("[cluster]\nfollow = \"all\"\n").unwrap_err();
+        assert!(e.to_string().contains("cluster.follow"), "{e}");
+    }
+
+    #[test]
+    fn nats_passwords_are_masked() {
+        assert_eq!(
+            mask_url_passwords("nats://u:secret@h:4222,tls://tok@h2:4222,nats://h3:4222"),
+            "nats://u:***@h:4222,tls://***@h2:4222,nats://h3:4222"
+        );
+        let mut c = Config::default();
+        c.cluster.nats_url = "nats://u:secret@h:4222".into();
+        assert!(c.to_toml_masked().contains("nats://u:***@h:4222"));
+    }
+
+    #[test]
     fn masked_output_hides_secrets_and_round_trips() {
         let c = Config::from_toml_str(
             "[auth]\nhs256_secret = \"s3cret\"\n[ingest]\ntokens = [\"feed-token\", \"\"]\n\
@@ -1078,6 +1112,30 @@ mod tests {
             ),
             ("[auth]\nissuer = \"\"", "auth.issuer"),
             ("[log]\nlevel = \"herald=loud\"", "log.level"),
+            (
+                "[cluster]\nnats_url = \"nats://host:4222/path\"",
+                "cluster.nats_url",
+            ),
+            ("[cluster]\nname = \"a.b\"", "cluster.name"),
+            ("[cluster]\nname = \"\"", "cluster.name"),
+            ("[cluster]\nnode_id = \"a b\"", "cluster.node_id"),
+            ("[cluster]\nreplicas = 0", "cluster.replicas"),
+            (
+                "[cluster]\nrequest_timeout_ms = 99",
+                "cluster.request_timeout_ms",
+            ),
+            (
+                "[cluster]\nmax_batch_bytes = 100",
+                "cluster.max_batch_bytes",
+            ),
+            (
+                "[cluster]\nmax_batch_bytes = 65536\nmax_pending_bytes = 65535",
+                "cluster.max_pending_bytes",
+            ),
+            (
+                "[cluster]\ncreds_file = \"/nonexistent.creds\"",
+                "cluster.creds_file",
+            ),
         ];
         for (toml, key) in cases {
             assert_eq!(invalid_key(toml), key, "{toml}");

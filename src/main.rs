@@ -29,6 +29,10 @@ struct Cli {
     /// feed publishing ticks to `demo.BTC-USD`, `demo.ETH-USD`, ...
     #[arg(long)]
     demo: bool,
+    /// With --demo: the credentials, but no demo feed (for all nodes but
+    /// one of a local cluster, where one feed is enough).
+    #[arg(long, requires = "demo")]
+    no_demo_feed: bool,
 }
 
 fn main() -> ExitCode {
@@ -81,8 +85,10 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let feed = cli.demo.then(|| {
+        if cli.demo {
             announce_demo(&server, &secret);
+        }
+        let feed = (cli.demo && !cli.no_demo_feed).then(|| {
             tokio::spawn(demo::run_feed(
                 server.ingest_addr(),
                 feed_token,

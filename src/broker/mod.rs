@@ -157,6 +157,9 @@ pub trait Broker: Send + Sync + 'static {
     fn history(&self, part: usize, topic: Arc<str>, down_to_seq: u64);
     /// Whether the broker is reachable right now.
     fn connected(&self) -> bool;
+    /// The largest record body the broker takes in one message
+    /// (`usize::MAX` while unknown).
+    fn max_record_bytes(&self) -> usize;
     /// A short name for logs and `/api/stats`.
     fn describe(&self) -> BrokerInfo;
 }

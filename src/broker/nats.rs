@@ -109,6 +109,8 @@ struct Inner {
     /// Topic → (generation, forwarding task) for `Follow::Interest`.
     follows: Mutex<HashMap<Arc<str>, Following>>,
     generation: AtomicU64,
+    /// The server's `max_payload`, read at each connect (0: not yet).
+    max_payload: std::sync::atomic::AtomicUsize,
     /// Makes this process's batch ids unique across restarts.
     boot: u64,
     batches: AtomicU64,
@@ -186,6 +188,7 @@ impl NatsBroker {
             ready: AtomicBool::new(false),
             follows: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
+            max_payload: std::sync::atomic::AtomicUsize::new(0),
             boot: rand::random(),
             batches: AtomicU64::new(0),
             rt: tokio::runtime::Handle::current(),
@@ -248,6 +251,8 @@ impl Inner {
                 }
             }
         }
+        self.max_payload
+            .store(self.client.server_info().max_payload, Ordering::Relaxed);
         if self.ready.load(Ordering::SeqCst) {
             return;
         }
@@ -774,6 +779,13 @@ impl Broker for NatsBroker {
 
     fn connected(&self) -> bool {
         self.inner.connected()
+    }
+
+    fn max_record_bytes(&self) -> usize {
+        match self.inner.max_payload.load(Ordering::Relaxed) {
+            0 => usize::MAX,
+            n => n.saturating_sub(HEADER_ROOM),
+        }
     }
 
     fn describe(&self) -> BrokerInfo {

@@ -81,6 +81,9 @@ pub async fn run(
     let mut expire = tokio::time::interval(Duration::from_secs(1));
     let mut published: u64 = 0;
     loop {
+        if let Some(b) = &broker {
+            home.set_record_limit(b.max_record_bytes());
+        }
         let accepting = home.pending_bytes() < settings.max_pending_bytes;
         tokio::select! {
             biased;
@@ -123,21 +126,21 @@ pub async fn run(
                         // own flag, not the order its events arrive in.
                         let up = hub.backend().connected();
                         home.enqueue(&topic, payload, origin, up, now, &mut out);
-                        continue;
-                    }
-                    let p = home.publish(&topic, &payload, now);
-                    published += 1;
-                    if let Origin::Waiter(r) = origin {
-                        let _ = r.send(Ok(p.seq));
-                    }
-                    for &t in p.targets {
-                        let d = ShardMsg::Deliver {
-                            topic: p.topic.clone(),
-                            frame: p.frame.clone(),
-                            at,
-                        };
-                        if hub.shard_sender(t as usize).send(d).await.is_err() {
-                            return;
+                    } else {
+                        let p = home.publish(&topic, &payload, now);
+                        published += 1;
+                        if let Origin::Waiter(r) = origin {
+                            let _ = r.send(Ok(p.seq));
+                        }
+                        for &t in p.targets {
+                            let d = ShardMsg::Deliver {
+                                topic: p.topic.clone(),
+                                frame: p.frame.clone(),
+                                at,
+                            };
+                            if hub.shard_sender(t as usize).send(d).await.is_err() {
+                                return;
+                            }
                         }
                     }
                 }
@@ -158,70 +161,93 @@ pub async fn run(
                     }
                 }
             }
-        }
-        for effect in out.drain(..) {
-            match effect {
-                Effect::Deliver {
-                    topic,
-                    frame,
-                    at,
-                    to,
-                } => {
-                    published += 1;
-                    for t in to {
-                        let d = ShardMsg::Deliver {
-                            topic: topic.clone(),
-                            frame: frame.clone(),
-                            at,
-                        };
-                        if hub.shard_sender(t as usize).send(d).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-                Effect::Ack { shard, ack } => {
-                    if hub
-                        .shard_sender(shard)
-                        .send(ShardMsg::Subscribed(ack))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-                Effect::Resolve { origin, result } => match origin {
-                    Origin::None => {}
-                    Origin::Waiter(r) => {
-                        let _ = r.send(result);
-                    }
-                    Origin::Feed(f) => {
-                        if result.is_err() {
-                            f.fail();
-                        }
-                    }
-                },
-                Effect::Evict { topic, to } => {
-                    for t in to {
-                        let m = ShardMsg::Evict {
-                            topic: topic.clone(),
-                        };
-                        if hub.shard_sender(t as usize).send(m).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-                other => {
-                    if let Some(b) = &broker {
-                        to_broker(&**b, id, other);
-                    }
-                }
+            // In the order the messages came: a SUBSCRIBE's ack must reach
+            // its shard before the deliveries of later publications, and
+            // after those of earlier ones.
+            if !out.is_empty()
+                && !carry_out(&hub, broker.as_deref(), id, &mut out, &mut published).await
+            {
+                return;
             }
+        }
+        if !carry_out(&hub, broker.as_deref(), id, &mut out, &mut published).await {
+            return;
         }
         stats.published.store(published, Ordering::Relaxed);
         stats
             .topics
             .store(home.topic_count() as u64, Ordering::Relaxed);
     }
+}
+
+/// Carries out the effects in `out`, in order. False once the shards are
+/// gone (shutdown).
+async fn carry_out(
+    hub: &Hub,
+    broker: Option<&dyn Broker>,
+    id: usize,
+    out: &mut Vec<Effect>,
+    published: &mut u64,
+) -> bool {
+    for effect in out.drain(..) {
+        match effect {
+            Effect::Deliver {
+                topic,
+                frame,
+                at,
+                to,
+            } => {
+                *published += 1;
+                for t in to {
+                    let d = ShardMsg::Deliver {
+                        topic: topic.clone(),
+                        frame: frame.clone(),
+                        at,
+                    };
+                    if hub.shard_sender(t as usize).send(d).await.is_err() {
+                        return false;
+                    }
+                }
+            }
+            Effect::Ack { shard, ack } => {
+                if hub
+                    .shard_sender(shard)
+                    .send(ShardMsg::Subscribed(ack))
+                    .await
+                    .is_err()
+                {
+                    return false;
+                }
+            }
+            Effect::Resolve { origin, result } => match origin {
+                Origin::None => {}
+                Origin::Waiter(r) => {
+                    let _ = r.send(result);
+                }
+                Origin::Feed(f) => {
+                    if let Err(e) = result {
+                        f.fail(e);
+                    }
+                }
+            },
+            Effect::Evict { topic, to } => {
+                for t in to {
+                    let m = ShardMsg::Evict {
+                        topic: topic.clone(),
+                    };
+                    if hub.shard_sender(t as usize).send(m).await.is_err() {
+                        return false;
+                    }
+                }
+            }
+            other => {
+                if let Some(b) = broker {
+                    to_broker(b, id, other);
+                }
+            }
+        }
+    }
+    true
 }
 
 async fn recv_event(events: &mut Option<mpsc::Receiver<broker::Event>>) -> Option<broker::Event> {

@@ -226,7 +226,10 @@ impl Hub {
         feed: &Arc<FeedStatus>,
     ) -> Result<(), HubError> {
         let origin = if self.inner.backend.is_cluster() {
-            if feed.failed() || self.refusing() {
+            if let Some(e) = feed.error() {
+                return Err(e);
+            }
+            if self.refusing() {
                 return Err(HubError::Unavailable);
             }
             Origin::Feed(feed.clone())

@@ -11,7 +11,7 @@
 //! after a gap is never delivered as if nothing happened.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -46,16 +46,34 @@ pub enum Origin {
 /// publications could not be placed in the cluster.
 #[derive(Debug, Default)]
 pub struct FeedStatus {
-    failed: AtomicBool,
+    /// 0: fine; else the error, see `code`.
+    error: AtomicU8,
 }
 
 impl FeedStatus {
     pub fn failed(&self) -> bool {
-        self.failed.load(Ordering::Relaxed)
+        self.error().is_some()
     }
 
-    pub fn fail(&self) {
-        self.failed.store(true, Ordering::Relaxed);
+    /// Why the feed's publication was refused (the first reason wins).
+    pub fn error(&self) -> Option<HubError> {
+        match self.error.load(Ordering::Relaxed) {
+            0 => None,
+            1 => Some(HubError::Unavailable),
+            2 => Some(HubError::TooLarge),
+            _ => Some(HubError::Closed),
+        }
+    }
+
+    pub fn fail(&self, e: HubError) {
+        let code = match e {
+            HubError::Unavailable => 1,
+            HubError::TooLarge => 2,
+            HubError::Closed => 3,
+        };
+        let _ = self
+            .error
+            .compare_exchange(0, code, Ordering::Relaxed, Ordering::Relaxed);
     }
 }
 
@@ -263,6 +281,8 @@ pub struct HomeState {
     topics: HashMap<Arc<str>, Topic>,
     /// Cluster: payload bytes queued or in flight.
     pending_bytes: usize,
+    /// Cluster: the largest record body the broker takes.
+    record_limit: usize,
     metrics: Option<crate::metrics::HomeMetrics>,
 }
 
@@ -282,6 +302,7 @@ impl HomeState {
             cluster: None,
             topics: HashMap::new(),
             pending_bytes: 0,
+            record_limit: usize::MAX,
             metrics: None,
         }
     }
@@ -490,8 +511,18 @@ impl HomeState {
         Self::start_batch(t, max, out);
     }
 
+    /// Cluster: the largest record body the broker takes (its message
+    /// size limit less the headers); batches stay below it.
+    pub fn set_record_limit(&mut self, bytes: usize) {
+        self.record_limit = bytes;
+    }
+
+    /// Body bytes of a batch at most: framing included, so that a batch
+    /// the home forms always fits the broker's message limit.
     fn max_batch_bytes(&self) -> usize {
-        self.cluster.map_or(usize::MAX, |c| c.max_batch_bytes)
+        self.cluster
+            .map_or(usize::MAX, |c| c.max_batch_bytes)
+            .min(self.record_limit)
     }
 
     fn refuse(&self, origin: Origin, error: HubError, out: &mut Vec<Effect>) {
@@ -519,10 +550,11 @@ impl HomeState {
         let mut payloads = Vec::new();
         while let Some(e) = link.queue.front() {
             if let Entry::Pub { payload, .. } = e {
-                if !payloads.is_empty() && bytes + payload.len() > max_bytes {
+                let len = payload.len() + broker::codec::OVERHEAD;
+                if !payloads.is_empty() && bytes + len > max_bytes {
                     break;
                 }
-                bytes += payload.len();
+                bytes += len;
                 payloads.push(payload.clone());
             }
             if let Some(e) = link.queue.pop_front() {

@@ -27,6 +27,8 @@ pub enum IngestError {
     Closed,
     #[error("the cluster broker is unreachable")]
     Unavailable,
+    #[error("publication too large for the cluster broker")]
+    TooLarge,
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -40,6 +42,7 @@ impl IngestError {
             // PROTOCOL.md §4: feeds get 503 before they are closed.
             IngestError::Closed => Some(503),
             IngestError::Unavailable => Some(503),
+            IngestError::TooLarge => Some(413),
             IngestError::Io(_) => None,
         }
     }
@@ -131,7 +134,8 @@ struct Feed {
 fn hub_error(e: HubError) -> IngestError {
     match e {
         HubError::Closed => IngestError::Closed,
-        HubError::Unavailable | HubError::TooLarge => IngestError::Unavailable,
+        HubError::Unavailable => IngestError::Unavailable,
+        HubError::TooLarge => IngestError::TooLarge,
     }
 }
 
@@ -214,8 +218,8 @@ impl Feed {
                     }
                     FeedFrame::Ping { nonce } => {
                         self.hub.barrier().await.map_err(hub_error)?;
-                        if self.status.failed() {
-                            return Err(IngestError::Unavailable);
+                        if let Some(e) = self.status.error() {
+                            return Err(hub_error(e));
                         }
                         self.stream.write_all(&feed::pong(nonce)).await?;
                     }

@@ -116,7 +116,7 @@ fn cluster(shards: usize) -> HomeState {
         8,
         Duration::from_secs(60),
         ClusterSettings {
-            max_batch_bytes: 10,
+            max_batch_bytes: 16,
         },
     )
 }
@@ -348,7 +348,8 @@ fn publications_are_appended_in_batches_one_at_a_time_and_get_the_log_seqs() {
         now,
         &mut out,
     );
-    // Next batch: as many as fit in 10 bytes, expecting the new tail.
+    // Next batch: as many as fit in 16 bytes (4 of framing each),
+    // expecting the new tail.
     let append = out
         .iter()
         .find_map(|e| match e {
@@ -594,4 +595,35 @@ fn after_a_reconnect_every_followed_topic_is_read_from_where_it_was() {
         &mut out,
     );
     assert_eq!(delivered(&out)[0].0, frame("t", 4, "d"));
+}
+
+#[test]
+fn batches_stay_below_the_brokers_record_limit_framing_included() {
+    let mut h = cluster(1);
+    h.set_record_limit(12);
+    let t: Arc<str> = Arc::from("t");
+    let now = Instant::now();
+    let mut out = Vec::new();
+    for _ in 0..3 {
+        h.enqueue(&t, Bytes::from("xxxxxx"), Origin::None, true, now, &mut out);
+    }
+    h.on_event(
+        Event::Appended {
+            topic: t.clone(),
+            result: Ok(Appended {
+                first_seq: 1,
+                tail: tail("e", 1, 1),
+            }),
+        },
+        now,
+        &mut out,
+    );
+    let sizes: Vec<usize> = out
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Append { payloads, .. } => Some(payloads.len()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sizes, vec![1, 1], "6 + 4 framing: one per 12-byte record");
 }
