@@ -275,7 +275,8 @@ pub struct Cluster {
     /// How long a node waits for NATS (ack, direct get) before it counts
     /// the broker as unreachable for that call.
     pub request_timeout_ms: u64,
-    /// Payload bytes per batch a home appends to a topic's log at once.
+    /// Bytes of one record a home appends to a topic's log: payloads plus
+    /// 4 bytes of framing each (and never above the NATS `max_payload`).
     pub max_batch_bytes: usize,
     /// Payload bytes a home holds for the broker (queued or in flight)
     /// before publishers wait.

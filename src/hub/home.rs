@@ -42,7 +42,7 @@ pub struct HomeSettings {
     pub history: usize,
     /// A topic without subscribers or publications this long is forgotten.
     pub topic_ttl: Duration,
-    /// Cluster: payload bytes per appended batch at most.
+    /// Cluster: record bytes (payloads + framing) per appended batch at most.
     pub max_batch_bytes: usize,
     /// Cluster: payload bytes a home holds for the broker before it stops
     /// taking publications from its inbox.

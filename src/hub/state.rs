@@ -288,7 +288,7 @@ pub struct HomeState {
 
 #[derive(Debug, Clone, Copy)]
 pub struct ClusterSettings {
-    /// Payload bytes per appended batch at most.
+    /// Record bytes (payloads + framing) per appended batch at most.
     pub max_batch_bytes: usize,
 }
 
