@@ -139,6 +139,14 @@ fn rec_event(topic: &str, r: Record) -> Event {
     }
 }
 
+/// The broker's answer to a successful append.
+fn appended(t: &Arc<str>, first_seq: u64, tail: Tail) -> Event {
+    Event::Appended {
+        topic: t.clone(),
+        result: Ok(Appended { first_seq, tail }),
+    }
+}
+
 fn tail(epoch: &str, seq: u64, offset: u64) -> Tail {
     Tail {
         epoch: Arc::from(epoch),
@@ -337,17 +345,7 @@ fn publications_are_appended_in_batches_one_at_a_time_and_get_the_log_seqs() {
     assert_eq!((payloads.len(), expect.is_none()), (1, true));
     assert_eq!(h.pending_bytes(), 16);
     out.clear();
-    h.on_event(
-        Event::Appended {
-            topic: t.clone(),
-            result: Ok(Appended {
-                first_seq: 1,
-                tail: tail("e", 1, 3),
-            }),
-        },
-        now,
-        &mut out,
-    );
+    h.on_event(appended(&t, 1, tail("e", 1, 3)), now, &mut out);
     // Next batch: as many as fit in 16 bytes (4 of framing each),
     // expecting the new tail.
     let append = out
@@ -370,17 +368,7 @@ fn publications_are_appended_in_batches_one_at_a_time_and_get_the_log_seqs() {
         }
     }
     assert_eq!(waits[0].try_recv(), Ok(Ok(1)));
-    h.on_event(
-        Event::Appended {
-            topic: t.clone(),
-            result: Ok(Appended {
-                first_seq: 2,
-                tail: tail("e", 3, 4),
-            }),
-        },
-        now,
-        &mut out,
-    );
+    h.on_event(appended(&t, 2, tail("e", 3, 4)), now, &mut out);
     let seqs: Vec<u64> = out
         .iter()
         .filter_map(|e| match e {
@@ -470,17 +458,7 @@ fn a_barrier_waits_for_the_batches_queued_before_it() {
         rx.try_recv(),
         Err(tokio::sync::mpsc::error::TryRecvError::Empty)
     ));
-    h.on_event(
-        Event::Appended {
-            topic: t.clone(),
-            result: Ok(Appended {
-                first_seq: 1,
-                tail: tail("e", 1, 1),
-            }),
-        },
-        now,
-        &mut out,
-    );
+    h.on_event(appended(&t, 1, tail("e", 1, 1)), now, &mut out);
     assert!(matches!(
         rx.try_recv(),
         Err(tokio::sync::mpsc::error::TryRecvError::Disconnected)
@@ -607,17 +585,7 @@ fn batches_stay_below_the_brokers_record_limit_framing_included() {
     for _ in 0..3 {
         h.enqueue(&t, Bytes::from("xxxxxx"), Origin::None, true, now, &mut out);
     }
-    h.on_event(
-        Event::Appended {
-            topic: t.clone(),
-            result: Ok(Appended {
-                first_seq: 1,
-                tail: tail("e", 1, 1),
-            }),
-        },
-        now,
-        &mut out,
-    );
+    h.on_event(appended(&t, 1, tail("e", 1, 1)), now, &mut out);
     let sizes: Vec<usize> = out
         .iter()
         .filter_map(|e| match e {
