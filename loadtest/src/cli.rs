@@ -41,7 +41,9 @@ pub enum Cmd {
 #[command(group(ArgGroup::new("target").required(true).args(["url", "raw_url"])))]
 pub struct ConnArgs {
     /// herald WebSocket URL (herald protocol: subprotocol herald.v1, JWT,
-    /// SUBSCRIBE frames), e.g. ws://127.0.0.1:8780/ws.
+    /// SUBSCRIBE frames), e.g. ws://127.0.0.1:8780/ws. A comma-separated
+    /// list spreads the connections over several nodes: connection i goes
+    /// to URL i mod n.
     #[arg(long)]
     pub url: Option<String>,
     /// Peer server base URL (subscribe: GET <raw-url>/sub/<topic>, no
@@ -57,7 +59,9 @@ pub struct ConnArgs {
     /// Connections to open.
     #[arg(long, default_value_t = 1000)]
     pub conns: u64,
-    /// Bind connections to 127.0.0.1 .. 127.0.0.N round-robin.
+    /// Bind connections to 127.0.0.1 .. 127.0.0.N round-robin (with n
+    /// URLs: connection i binds address ⌊i / n⌋ mod N, so every target
+    /// sees every source address).
     #[arg(long, default_value_t = 1)]
     pub source_ips: u32,
     /// Connection attempts per second over all workers; 0 = unpaced.
@@ -123,9 +127,12 @@ pub struct FanoutArgs {
     /// Default: ingest with --url, raw with --raw-url.
     #[arg(long, value_enum)]
     pub publish: Option<PublishMode>,
-    /// Parallel HTTP publishers (api, raw), one keep-alive connection each.
+    /// Parallel publishers, one connection each: HTTP keep-alive (api,
+    /// raw) or feeds (ingest). Publisher k uses entry k mod n of --ingest
+    /// / --api.
     #[arg(long, default_value_t = 1)]
     pub publishers: u32,
+    /// herald TCP ingest address(es), comma-separated.
     #[arg(long, default_value = "127.0.0.1:8781")]
     pub ingest: String,
     /// Ingest at rate 0: messages between PING barriers; the feed waits for
@@ -137,6 +144,7 @@ pub struct FanoutArgs {
     pub ingest_window: u64,
     #[arg(long)]
     pub feed_token: Option<String>,
+    /// herald operator API base URL(s), comma-separated.
     #[arg(long, default_value = "http://127.0.0.1:8782")]
     pub api: String,
     #[arg(long)]
@@ -173,6 +181,12 @@ pub struct FanoutArgs {
     /// A name for this run in the report and the JSON summary.
     #[arg(long)]
     pub label: Option<String>,
+    /// Other processes the run depends on (e.g. nats-server behind a
+    /// herald cluster), comma-separated: their CPU over the same window as
+    /// --server-pid's, reported apart (`broker`) and added up with the
+    /// servers' in `cpu_s_per_1m_deliveries_with_broker`.
+    #[arg(long, value_delimiter = ',')]
+    pub broker_pid: Vec<u32>,
     /// herald's Prometheus endpoint (e.g. http://127.0.0.1:8782/metrics):
     /// read before and after the publish phase for write syscalls per
     /// delivery and slow-consumer closes.
@@ -287,26 +301,54 @@ pub fn parse_url(
     Ok((addr, hostport.to_string(), path))
 }
 
+/// The comma-separated entries of a list flag, trimmed, none empty.
+pub fn split_list(s: &str) -> Result<Vec<&str>, String> {
+    let v: Vec<&str> = s.split(',').map(str::trim).collect();
+    if v.iter().any(|e| e.is_empty()) {
+        return Err(format!("{s:?}: an empty entry in the list"));
+    }
+    Ok(v)
+}
+
+/// Every entry of a comma-separated list of loopback `host:port`s.
+pub fn parse_loopback_list(s: &str, default_port: u16) -> Result<Vec<SocketAddr>, String> {
+    split_list(s)?
+        .into_iter()
+        .map(|e| parse_loopback(e, default_port))
+        .collect()
+}
+
 impl ConnArgs {
-    pub fn target(&self) -> Result<Target, String> {
+    /// The WebSocket targets: one per `--url` entry (herald), or the one
+    /// `--raw-url` (a peer). Connection i goes to target i mod n.
+    pub fn targets(&self) -> Result<Vec<Target>, String> {
         match (&self.url, &self.raw_url) {
-            (Some(u), _) => {
-                let (addr, host, path) = parse_url(u, "ws", "/ws")?;
-                Ok(Target {
-                    addr,
-                    host,
-                    herald: true,
-                    path,
+            (Some(u), _) => split_list(u)?
+                .into_iter()
+                .map(|u| {
+                    let (addr, host, path) = parse_url(u, "ws", "/ws")?;
+                    Ok(Target {
+                        addr,
+                        host,
+                        herald: true,
+                        path,
+                    })
                 })
-            }
+                .collect(),
             (None, Some(u)) => {
+                if u.contains(',') {
+                    return Err(
+                        "--raw-url takes one peer (peers share no publications between them)"
+                            .into(),
+                    );
+                }
                 let (addr, host, path) = parse_url(u, "ws", "")?;
-                Ok(Target {
+                Ok(vec![Target {
                     addr,
                     host,
                     herald: false,
                     path: path.trim_end_matches('/').to_string(),
-                })
+                }])
             }
             (None, None) => Err("give --url (herald) or --raw-url (peer)".into()),
         }
@@ -383,6 +425,47 @@ mod tests {
         assert!(parse_url("wss://127.0.0.1/ws", "ws", "").is_err());
         assert!(parse_url("ws://example.com/ws", "ws", "").is_err());
         assert!(parse_loopback("127.0.0.1:x", 1).is_err());
+    }
+
+    #[test]
+    fn url_lists() {
+        let c = Cli::try_parse_from([
+            "herald-load",
+            "fanout",
+            "--url",
+            "ws://127.0.0.1:1/ws, ws://127.0.0.1:2/ws,ws://127.0.0.1:3",
+            "--secret",
+            "s",
+        ])
+        .expect("valid command line");
+        let Cmd::Fanout(f) = c.cmd else {
+            panic!("fanout");
+        };
+        let t = f.conn.targets().expect("three targets");
+        assert_eq!(
+            t.iter().map(|t| t.addr.port()).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
+        assert!(t.iter().all(|t| t.herald && t.path == "/ws"));
+        let one = ConnArgs {
+            url: Some("ws://127.0.0.1:8780/ws".into()),
+            ..f.conn.clone()
+        };
+        assert_eq!(one.targets().expect("one target").len(), 1);
+        let bad = ConnArgs {
+            url: Some("ws://127.0.0.1:1/ws,".into()),
+            ..f.conn.clone()
+        };
+        assert!(bad.targets().is_err());
+        let raw = ConnArgs {
+            url: None,
+            raw_url: Some("ws://127.0.0.1:1,ws://127.0.0.1:2".into()),
+            ..f.conn.clone()
+        };
+        assert!(raw.targets().is_err());
+        let addrs = parse_loopback_list("127.0.0.1:9781,localhost:10781", 1).expect("two");
+        assert_eq!(addrs[1].port(), 10781);
+        assert!(parse_loopback_list("127.0.0.1:1,10.0.0.1:2", 1).is_err());
     }
 
     #[test]

@@ -10,16 +10,16 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::cli::{parse_loopback, parse_url, FanoutArgs, PublishMode};
+use crate::cli::{parse_loopback_list, parse_url, split_list, FanoutArgs, PublishMode};
 use crate::control::Workers;
 use crate::html::{self, Curve, Facts, Page};
 use crate::plan::{self, TopicPlan, TopicSpec};
 use crate::procstat::{self, Sample};
 use crate::publish::{self, Sink, Spec};
-use crate::report::{self, count, ConnectStats, Latency};
+use crate::report::{self, count, ConnectStats, LastReceive, Latency};
 use crate::scrape::{self, HeraldCounts};
 use crate::series::Series;
-use crate::worker::{now_ms, Kind, SlowSpec, WorkerPlan};
+use crate::worker::{now_ms, Kind, SlowSpec, WorkerPlan, LAST_RX_MAX_MSGS};
 
 #[derive(Debug, Serialize)]
 struct Summary {
@@ -61,6 +61,11 @@ struct Summary {
     /// Publish → receive latency of the fast connections (all of them
     /// without --slow-fraction).
     latency: Latency,
+    /// Per message, the latency of the last (fast) subscriber to receive
+    /// it, over the messages: how long a broadcast takes to reach everyone.
+    /// Only for runs of at most 100,000 messages whose payloads carry their
+    /// per-topic index (>= 16 B, topics not shared by parallel publishers).
+    last_receive: Option<LastReceive>,
     seq_gaps: u64,
     duplicates: u64,
     unexpected: u64,
@@ -70,6 +75,8 @@ struct Summary {
     ended_by: BTreeMap<String, u64>,
     lost_workers: u32,
     server: Option<Server>,
+    /// --broker-pid: CPU over the same window as `server`'s.
+    broker: Option<Broker>,
     /// From herald's /metrics, over the publish phase (--herald-metrics).
     herald: Option<HeraldCounts>,
     /// Deliveries and publications per bucket of wall-clock time.
@@ -109,6 +116,19 @@ struct Server {
     rss_after_connect: u64,
     rss_after_publish: u64,
     rss_peak: u64,
+    /// (rss_after_connect − rss_before_connect) / connected, summed over
+    /// every pid: server memory per connection over all nodes.
+    rss_per_conn: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Broker {
+    pids: Vec<u32>,
+    cpu_s: f64,
+    cpu_s_per_1m_deliveries: f64,
+    /// Servers and broker together (needs --server-pid too).
+    cpu_s_per_1m_deliveries_with_broker: Option<f64>,
+    rss_after_publish: u64,
 }
 
 fn sample(pids: &[u32]) -> Option<Sample> {
@@ -127,7 +147,8 @@ fn sample(pids: &[u32]) -> Option<Sample> {
 pub async fn run(a: FanoutArgs) -> Result<ExitCode, String> {
     let c = &a.conn;
     c.check()?;
-    let target = c.target()?;
+    let targets = c.targets()?;
+    let target = targets[0].clone();
     let auth = c.auth(target.herald)?;
     if a.payload < 8 {
         return Err("--payload must be at least 8 bytes (it carries the send time)".into());
@@ -170,25 +191,21 @@ pub async fn run(a: FanoutArgs) -> Result<ExitCode, String> {
     } else {
         PublishMode::Raw
     });
-    if a.publishers > 1 && mode == PublishMode::Ingest {
-        return Err("--publishers is for --publish api or raw (the ingest is one feed)".into());
-    }
     let sink = match mode {
         PublishMode::Ingest => Sink::Ingest {
-            addr: parse_loopback(&a.ingest, 8781)?,
+            addrs: parse_loopback_list(&a.ingest, 8781)?,
             token: a
                 .feed_token
                 .clone()
                 .ok_or("--publish ingest needs --feed-token")?,
         },
-        PublishMode::Api => {
-            let (addr, host, _) = parse_url(&a.api, "http", "")?;
-            Sink::Api {
-                addr,
-                host,
-                key: a.api_key.clone().ok_or("--publish api needs --api-key")?,
-            }
-        }
+        PublishMode::Api => Sink::Api {
+            targets: split_list(&a.api)?
+                .into_iter()
+                .map(|u| parse_url(u, "http", "").map(|(addr, host, _)| (addr, host)))
+                .collect::<Result<_, _>>()?,
+            key: a.api_key.clone().ok_or("--publish api needs --api-key")?,
+        },
         PublishMode::Raw if target.herald => {
             return Err("--publish raw is for peers (--raw-url); herald takes ingest or api".into())
         }
@@ -233,11 +250,17 @@ pub async fn run(a: FanoutArgs) -> Result<ExitCode, String> {
         );
     }
 
+    // Per-message "last receive" needs each payload's per-topic index: 16
+    // bytes or more, and no topic shared by parallel publishers (they write
+    // index 0 then).
+    let track_msgs = a.msgs <= LAST_RX_MAX_MSGS
+        && a.payload >= 16
+        && (a.publishers == 1 || a.topics >= a.publishers);
     let before_connect = sample(&c.server_pid);
     let template = WorkerPlan {
         worker: 0,
         kind: Kind::Fanout,
-        target: target.clone(),
+        targets: targets.clone(),
         auth: auth.clone(),
         conn_start: 0,
         conn_count: 0,
@@ -256,6 +279,7 @@ pub async fn run(a: FanoutArgs) -> Result<ExitCode, String> {
         connect_rate: 0.0,
         connect_timeout_ms: 0,
         deadline_unix_ms: deadline_ms,
+        track_msgs,
     };
     let plans = c.plans(&template);
     let mut ws = Workers::spawn(&plans).await?;
@@ -287,6 +311,7 @@ pub async fn run(a: FanoutArgs) -> Result<ExitCode, String> {
     let progress = Arc::new(publish::Live::new(a.sample_ms));
     let mut pub_report = publish::Report::default();
     let mut cpu_before = None;
+    let mut broker_before = None;
     let mut metrics_before = None;
     if can_publish {
         tokio::time::sleep(Duration::from_millis(a.settle_ms)).await;
@@ -297,6 +322,7 @@ pub async fn run(a: FanoutArgs) -> Result<ExitCode, String> {
             }
         }
         cpu_before = sample(&c.server_pid);
+        broker_before = sample(&a.broker_pid);
         let spec = Spec {
             sink,
             topics: names.clone(),
@@ -365,6 +391,7 @@ pub async fn run(a: FanoutArgs) -> Result<ExitCode, String> {
     }
     ws.collect(Duration::from_secs(5)).await;
     let cpu_after = sample(&c.server_pid);
+    let broker_after = sample(&a.broker_pid);
     let herald_counts = match (&metrics_before, &a.herald_metrics) {
         (Some(b), Some(url)) => match scrape::fetch(url).await {
             Ok(after) => Some(scrape::delta(b, &after)),
@@ -405,6 +432,44 @@ pub async fn run(a: FanoutArgs) -> Result<ExitCode, String> {
                 rss_after_connect: ac.rss,
                 rss_after_publish: ca.rss,
                 rss_peak: ca.hwm,
+                rss_per_conn: if connect.connected > 0 {
+                    (ac.rss as f64 - b.rss as f64) / connect.connected as f64
+                } else {
+                    0.0
+                },
+            })
+        }
+        _ => None,
+    };
+    let last_receive = (track_msgs && !m.msg_last_us.is_empty()).then(|| {
+        // Fast subscribers per topic: message m goes to topic m mod T.
+        let mut subs = vec![0u64; a.topics as usize];
+        let mut picked = Vec::new();
+        for i in (0..c.conns).filter(|&i| !plan::is_slow(i, a.slow_fraction)) {
+            topic_plan.topics_for(i, &mut picked);
+            for &t in &picked {
+                subs[t as usize] += 1;
+            }
+        }
+        let t = subs.len();
+        report::last_receive(&m.msg_last_us, &m.msg_count, |i| subs[i % t])
+    });
+    let broker = match (broker_before, broker_after) {
+        (Some(b), Some(x)) => {
+            let cpu = x.cpu_s - b.cpu_s;
+            let per_1m = |cpu: f64| {
+                if m.unique > 0 {
+                    cpu / m.unique as f64 * 1e6
+                } else {
+                    0.0
+                }
+            };
+            Some(Broker {
+                pids: a.broker_pid.clone(),
+                cpu_s: cpu,
+                cpu_s_per_1m_deliveries: per_1m(cpu),
+                cpu_s_per_1m_deliveries_with_broker: server.as_ref().map(|v| per_1m(v.cpu_s + cpu)),
+                rss_after_publish: x.rss,
             })
         }
         _ => None,
@@ -463,6 +528,7 @@ pub async fn run(a: FanoutArgs) -> Result<ExitCode, String> {
         delivery_s,
         delivered_per_s_peak_bucket: peak_bucket,
         latency: lat,
+        last_receive,
         seq_gaps: m.gaps,
         duplicates: m.dups,
         unexpected: m.unexpected,
@@ -471,6 +537,7 @@ pub async fn run(a: FanoutArgs) -> Result<ExitCode, String> {
         ended_by: m.ended_by.clone(),
         lost_workers: m.lost_workers,
         server,
+        broker,
         herald: herald_counts,
         delivered_series,
         published_series,
@@ -581,6 +648,13 @@ fn write_report(dir: &std::path::Path, mut s: Summary, m: &report::Merged) -> Re
             ),
         ),
         (
+            "last receive".into(),
+            match &s.last_receive {
+                Some(r) => last_receive_text(r),
+                None => "not tracked (more than 100,000 messages, payload under 16 B or shared topics)".into(),
+            },
+        ),
+        (
             "order".into(),
             format!(
                 "seq gaps {}, duplicates {}, unexpected {}",
@@ -606,13 +680,17 @@ fn write_report(dir: &std::path::Path, mut s: Summary, m: &report::Merged) -> Re
         facts.push((
             "server".into(),
             format!(
-                "{:.2} s CPU = {:.3} s per 1M deliveries; RSS {} connected, peak {}",
+                "{:.2} s CPU = {:.3} s per 1M deliveries; RSS {} connected ({:.0} B per connection), peak {}",
                 v.cpu_s,
                 v.cpu_s_per_1m_deliveries,
                 report::mib(v.rss_after_connect),
+                v.rss_per_conn,
                 report::mib(v.rss_peak)
             ),
         ));
+    }
+    if let Some(b) = &s.broker {
+        facts.push(("broker".into(), broker_text(b)));
     }
     if let Some(h) = &s.herald {
         facts.push((
@@ -695,6 +773,9 @@ fn print_text(s: &Summary) {
         "latency ms    p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}  (mean {:.2})",
         l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms, l.mean_ms
     );
+    if let Some(r) = &s.last_receive {
+        println!("last receive  {}", last_receive_text(r));
+    }
     println!(
         "order         seq gaps {}, duplicates {}, unexpected messages {}",
         count(s.seq_gaps),
@@ -727,16 +808,20 @@ fn print_text(s: &Summary) {
     }
     match &s.server {
         Some(v) => println!(
-            "server        cpu {:.2} s = {:.2} s per 1M deliveries ({:.2} us/delivery); rss {} before connect, {} connected, {} after publish (peak {})",
+            "server        cpu {:.2} s = {:.2} s per 1M deliveries ({:.2} us/delivery); rss {} before connect, {} connected ({:.0} B per connection), {} after publish (peak {})",
             v.cpu_s,
             v.cpu_s_per_1m_deliveries,
             v.cpu_s_per_1m_deliveries,
             report::mib(v.rss_before_connect),
             report::mib(v.rss_after_connect),
+            v.rss_per_conn,
             report::mib(v.rss_after_publish),
             report::mib(v.rss_peak)
         ),
         None => println!("server        (no --server-pid)"),
+    }
+    if let Some(b) = &s.broker {
+        println!("broker        {}", broker_text(b));
     }
     if let Some(h) = &s.herald {
         println!(
@@ -750,4 +835,32 @@ fn print_text(s: &Summary) {
         );
     }
     println!("ended by      {}", report::causes(&s.ended_by));
+}
+
+/// "p50 … ms over N msgs (M reached every subscriber)".
+fn last_receive_text(r: &LastReceive) -> String {
+    let l = &r.latency;
+    format!(
+        "p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2} ms (per message: publish -> its last subscriber) over {} of {} msgs; {} reached every subscriber",
+        l.p50_ms,
+        l.p90_ms,
+        l.p99_ms,
+        l.max_ms,
+        count(r.received_msgs),
+        count(r.msgs),
+        count(r.complete_msgs)
+    )
+}
+
+fn broker_text(b: &Broker) -> String {
+    format!(
+        "pids {:?}: cpu {:.2} s = {:.2} s per 1M deliveries{}; rss {}",
+        b.pids,
+        b.cpu_s,
+        b.cpu_s_per_1m_deliveries,
+        b.cpu_s_per_1m_deliveries_with_broker
+            .map(|v| format!(" ({v:.2} with the servers)"))
+            .unwrap_or_default(),
+        report::mib(b.rss_after_publish)
+    )
 }

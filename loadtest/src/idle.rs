@@ -40,7 +40,8 @@ struct Summary {
 pub async fn run(a: IdleArgs) -> Result<ExitCode, String> {
     let c = &a.conn;
     c.check()?;
-    let target = c.target()?;
+    let targets = c.targets()?;
+    let target = targets[0].clone();
     let auth = c.auth(target.herald)?;
     if !herald::wire::topic::is_valid_topic(&a.topic) {
         return Err(format!("--topic {:?} is not a valid topic name", a.topic));
@@ -56,7 +57,7 @@ pub async fn run(a: IdleArgs) -> Result<ExitCode, String> {
     let template = WorkerPlan {
         worker: 0,
         kind: Kind::Idle,
-        target: target.clone(),
+        targets,
         auth,
         conn_start: 0,
         conn_count: 0,
@@ -77,6 +78,7 @@ pub async fn run(a: IdleArgs) -> Result<ExitCode, String> {
         connect_rate: 0.0,
         connect_timeout_ms: 0,
         deadline_unix_ms: now_ms() + a.duration_s * 1000,
+        track_msgs: false,
     };
     let plans = c.plans(&template);
     let mut ws = Workers::spawn(&plans).await?;

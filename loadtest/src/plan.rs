@@ -255,6 +255,16 @@ pub fn source_ip(conn: u64, n: u32) -> Ipv4Addr {
     Ipv4Addr::from(0x7f00_0001u32 + (conn % u64::from(n.max(1))) as u32)
 }
 
+/// Where connection `conn` goes with `targets` URLs and `source_ips`
+/// source addresses: target `conn mod targets`, source address
+/// `⌊conn / targets⌋ mod source_ips`, so each target gets an even share of
+/// every source address (its own ~28k ephemeral ports per pair) whatever
+/// the two counts. With one target this is `source_ip(conn, source_ips)`.
+pub fn route(conn: u64, targets: usize, source_ips: u32) -> (usize, Ipv4Addr) {
+    let n = targets.max(1) as u64;
+    ((conn % n) as usize, source_ip(conn / n, source_ips))
+}
+
 /// Splits `total` into `parts` nearly equal shares: (start, count) each.
 pub fn shares(total: u64, parts: u32) -> Vec<(u64, u64)> {
     let p = u64::from(parts.max(1));
@@ -374,6 +384,24 @@ mod tests {
         assert_eq!(source_ip(0, 1), Ipv4Addr::new(127, 0, 0, 1));
         assert_eq!(source_ip(5, 3), Ipv4Addr::new(127, 0, 0, 3));
         assert_eq!(source_ip(300, 1000), Ipv4Addr::new(127, 0, 1, 45));
+    }
+
+    #[test]
+    fn routes_spread_targets_and_sources() {
+        // One target: the plain round-robin over source addresses.
+        for c in 0..20 {
+            assert_eq!(route(c, 1, 4), (0, source_ip(c, 4)));
+        }
+        // 3 targets, 3 source addresses: every (target, source) pair is
+        // used equally, not only the diagonal.
+        let mut pairs = std::collections::BTreeMap::new();
+        for c in 0..900 {
+            let (t, ip) = route(c, 3, 3);
+            *pairs.entry((t, ip)).or_insert(0u32) += 1;
+        }
+        assert_eq!(pairs.len(), 9);
+        assert!(pairs.values().all(|&n| n == 100));
+        assert_eq!(route(4, 3, 2), (1, Ipv4Addr::new(127, 0, 0, 2)));
     }
 
     #[test]

@@ -6,8 +6,10 @@
 //! room, the message's 1-based index within its topic (u64 big-endian), so
 //! receivers can measure latency and, for peers without a seq, check order.
 //!
-//! The HTTP sinks can run K publishers in parallel (`--publishers`), each
-//! on its own keep-alive connection. With at least K topics, publisher `j`
+//! Every sink can run K publishers in parallel (`--publishers`), each on
+//! its own connection: an HTTP keep-alive one, or a feed on the ingest.
+//! Publisher `j` talks to entry `j mod n` of the sink's address list
+//! (several herald nodes). With at least K topics, publisher `j`
 //! owns the topics `t` with `t % K == j`, so each topic still sees its
 //! messages in order; with fewer topics than publishers they share topics
 //! (message `m` goes to publisher `m % K`) and the index is written as 0,
@@ -31,12 +33,15 @@ use crate::worker::now_ns;
 /// Where publications go.
 #[derive(Debug, Clone)]
 pub enum Sink {
-    /// herald TCP ingest with a feed token.
-    Ingest { addr: SocketAddr, token: String },
-    /// herald `POST /api/publish/{topic}` with an API key.
+    /// herald TCP ingest(s) with a feed token; feed j uses `addrs[j % n]`.
+    Ingest {
+        addrs: Vec<SocketAddr>,
+        token: String,
+    },
+    /// herald `POST /api/publish/{topic}` with an API key; publisher j
+    /// uses `targets[j % n]` (address, Host header).
     Api {
-        addr: SocketAddr,
-        host: String,
+        targets: Vec<(SocketAddr, String)>,
         key: String,
     },
     /// A peer's `POST {prefix}/pub/{topic}`.
@@ -55,9 +60,10 @@ pub struct Spec {
     /// Messages per second; 0 = as fast as possible.
     pub rate: f64,
     pub payload: usize,
-    /// Ingest with rate 0: a PING barrier every this many messages.
+    /// Ingest with rate 0: a PING barrier every this many messages (of
+    /// each feed).
     pub barrier_every: u64,
-    /// Parallel HTTP publishers (api, raw).
+    /// Parallel publishers (feeds or HTTP connections).
     pub publishers: u32,
 }
 
@@ -134,46 +140,43 @@ impl Live {
 
 /// Runs the whole publish phase.
 pub async fn run(spec: Spec, progress: Arc<Live>) -> Report {
-    let (addr, host, path, extra) = match &spec.sink {
-        Sink::Ingest { addr, token } => {
-            let mut rep = Report::default();
-            if let Err(e) = ingest(&spec, *addr, token, &progress, &mut rep).await {
-                rep.error = Some(e);
-            }
-            return rep;
-        }
-        Sink::Api { addr, host, key } => (
-            *addr,
-            host.clone(),
-            "/api/publish/".to_string(),
-            format!("Authorization: Bearer {key}\r\n"),
-        ),
-        Sink::Raw { addr, host, prefix } => {
-            (*addr, host.clone(), format!("{prefix}/pub/"), String::new())
-        }
-    };
     let k = spec.publishers.max(1);
     let t0 = Instant::now();
     let spec = Arc::new(spec);
     let mut tasks = tokio::task::JoinSet::new();
     for j in 0..k {
-        let (spec, host, path, extra, progress) = (
-            spec.clone(),
-            host.clone(),
-            path.clone(),
-            extra.clone(),
-            progress.clone(),
-        );
+        let (spec, progress) = (spec.clone(), progress.clone());
+        let who = Who { j, k };
         tasks.spawn(async move {
             let mut rep = Report::default();
-            let who = Who { j, k };
-            let target = HttpTarget {
-                addr,
-                host: &host,
-                path_prefix: &path,
-                extra_headers: &extra,
+            let res = match &spec.sink {
+                Sink::Ingest { addrs, token } => {
+                    let addr = addrs[j as usize % addrs.len()];
+                    ingest(&spec, who, addr, token, &progress, &mut rep).await
+                }
+                Sink::Api { targets, key } => {
+                    let (addr, host) = &targets[j as usize % targets.len()];
+                    let extra = format!("Authorization: Bearer {key}\r\n");
+                    let target = HttpTarget {
+                        addr: *addr,
+                        host,
+                        path_prefix: "/api/publish/",
+                        extra_headers: &extra,
+                    };
+                    http(&spec, who, t0, &target, &progress, &mut rep).await
+                }
+                Sink::Raw { addr, host, prefix } => {
+                    let path = format!("{prefix}/pub/");
+                    let target = HttpTarget {
+                        addr: *addr,
+                        host,
+                        path_prefix: &path,
+                        extra_headers: "",
+                    };
+                    http(&spec, who, t0, &target, &progress, &mut rep).await
+                }
             };
-            if let Err(e) = http(&spec, who, t0, &target, &progress, &mut rep).await {
+            if let Err(e) = res {
                 rep.error = Some(e);
             }
             rep
@@ -310,8 +313,10 @@ async fn wait_pong(
     }
 }
 
+/// Feed `who` on the ingest at `addr`: the messages it owns, in order.
 async fn ingest(
     spec: &Spec,
+    who: Who,
     addr: SocketAddr,
     token: &str,
     progress: &Live,
@@ -351,39 +356,51 @@ async fn ingest(
         }
     });
     let topics = spec.topics.len() as u64;
-    let mut index = vec![0u64; spec.topics.len()];
     let mut payload = vec![0u8; spec.payload];
     let mut batch = Vec::new();
     let pacer = Pacer::new(Instant::now(), spec.rate);
+    // Unpaced: a window of this feed's own messages per barrier, i.e. K
+    // windows of the global sequence it picks its share from.
+    let window = spec
+        .barrier_every
+        .max(1)
+        .saturating_mul(u64::from(who.k.max(1)));
     let mut sent = 0u64;
     let mut nonce = 0u64;
     let mut outstanding: Option<u64> = None;
     let res = async {
         while sent < spec.msgs {
-            let upto = pacer.due(sent, spec.msgs, spec.barrier_every.max(1));
+            let upto = pacer.due(sent, spec.msgs, window);
             if upto <= sent {
                 pacer.wait_for(sent).await;
                 continue;
             }
             batch.clear();
+            let mut n = 0u64;
             for m in sent..upto {
+                let Some(index) = who.owns(m, topics) else {
+                    continue;
+                };
                 let t = (m % topics) as usize;
-                index[t] += 1;
                 let ts = now_ns();
                 if rep.first_ns == 0 {
                     rep.first_ns = ts;
                 }
-                stamp(&mut payload, pacer.stamp_ns(m, ts), index[t]);
+                stamp(&mut payload, pacer.stamp_ns(m, ts), index);
                 batch.extend_from_slice(&feed::encode_publish(&spec.topics[t], &payload));
+                n += 1;
+            }
+            sent = upto;
+            if n == 0 {
+                continue;
             }
             wr.write_all(&batch)
                 .await
                 .map_err(|e| format!("ingest write: {e}"))?;
             let batch_first = rep.last_ns.max(rep.first_ns);
             rep.last_ns = now_ns();
-            progress.record(upto - sent, batch_first, rep.last_ns);
-            sent = upto;
-            rep.published = sent;
+            progress.record(n, batch_first, rep.last_ns);
+            rep.published += n;
             if spec.rate <= 0.0 {
                 // Barrier: at most two windows between us and the sockets.
                 nonce += 1;

@@ -6,7 +6,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::series::Series;
-use crate::worker::{decode_histogram, new_histogram, Ready, WorkerResult};
+use crate::worker::{decode_histogram, decode_u32s, new_histogram, Ready, WorkerResult};
 
 /// All workers' results added up.
 #[derive(Debug)]
@@ -34,11 +34,38 @@ pub struct Merged {
     pub ended_by: BTreeMap<String, u64>,
     /// Workers that exited without a result (crashed or were killed).
     pub lost_workers: u32,
+    /// Per message (when tracked, else empty): the largest latency over
+    /// every worker's fast connections, µs + 1 (0 = nobody received it).
+    pub msg_last_us: Vec<u32>,
+    /// Per message: fast connections that received it, over all workers.
+    pub msg_count: Vec<u32>,
 }
 
 fn add_map(into: &mut BTreeMap<String, u64>, from: &BTreeMap<String, u64>) {
     for (k, v) in from {
         *into.entry(k.clone()).or_default() += v;
+    }
+}
+
+/// Element-wise `f` of `encoded` into `into` (taken as is when `into` is
+/// still empty; ignored, with a note, when the lengths differ).
+fn fold_u32s(into: &mut Vec<u32>, encoded: &str, worker: u32, f: fn(u32, u32) -> u32) {
+    if encoded.is_empty() {
+        return;
+    }
+    match decode_u32s(encoded) {
+        Ok(v) if into.is_empty() => *into = v,
+        Ok(v) if v.len() == into.len() => {
+            for (a, b) in into.iter_mut().zip(v) {
+                *a = f(*a, b);
+            }
+        }
+        Ok(v) => eprintln!(
+            "worker {worker}: per-message array of {} entries, expected {}: not merged",
+            v.len(),
+            into.len()
+        ),
+        Err(e) => eprintln!("worker {worker}: {e}"),
     }
 }
 
@@ -80,6 +107,8 @@ pub fn merge(results: &[Option<WorkerResult>], sample_ms: u64) -> Merged {
         hist: new_histogram(),
         ended_by: BTreeMap::new(),
         lost_workers: 0,
+        msg_last_us: Vec::new(),
+        msg_count: Vec::new(),
     };
     for r in results {
         let Some(r) = r else {
@@ -109,8 +138,58 @@ pub fn merge(results: &[Option<WorkerResult>], sample_ms: u64) -> Merged {
         m.last_rx_ns = m.last_rx_ns.max(r.last_rx_ns);
         add_hist(&mut m.hist, &r.hist, r.worker);
         *m.ended_by.entry(r.ended_by.clone()).or_default() += 1;
+        fold_u32s(&mut m.msg_last_us, &r.msg_last_us, r.worker, u32::max);
+        fold_u32s(
+            &mut m.msg_count,
+            &r.msg_count,
+            r.worker,
+            u32::saturating_add,
+        );
     }
     m
+}
+
+/// The time until the last subscriber had each message: per message, the
+/// largest publish→receive latency over all (fast) subscribers, then the
+/// distribution of that over the messages.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LastReceive {
+    /// Messages tracked (all of the run's).
+    pub msgs: u64,
+    /// Messages at least one subscriber received (the distribution is over
+    /// these).
+    pub received_msgs: u64,
+    /// Messages every subscriber planned for their topic received (a
+    /// connection that failed or was cut off counts as one that did not).
+    pub complete_msgs: u64,
+    /// Over `received_msgs`: p50 / p90 / p99 / max of the last receive.
+    pub latency: Latency,
+}
+
+/// `last_us` and `count` per message (merged), `expected[m]` the fast
+/// subscribers message m should reach.
+pub fn last_receive(
+    last_us: &[u32],
+    count: &[u32],
+    expected: impl Fn(usize) -> u64,
+) -> LastReceive {
+    let mut h = new_histogram();
+    let mut lr = LastReceive {
+        msgs: last_us.len() as u64,
+        ..LastReceive::default()
+    };
+    for (m, &v) in last_us.iter().enumerate() {
+        if v == 0 {
+            continue;
+        }
+        lr.received_msgs += 1;
+        h.saturating_record(u64::from(v - 1));
+        if u64::from(count.get(m).copied().unwrap_or(0)) >= expected(m) {
+            lr.complete_msgs += 1;
+        }
+    }
+    lr.latency = latency(&h);
+    lr
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -250,5 +329,32 @@ mod tests {
         assert_eq!(m.lost_workers, 1);
         let l = latency(&m.hist);
         assert!((l.p50_ms - 3.0).abs() < 0.01, "{l:?}");
+    }
+
+    #[test]
+    fn last_receive_takes_the_latest_subscriber() {
+        use crate::worker::encode_u32s;
+        // Three messages; worker 0 and 1 each saw some of them.
+        let r = |w: u32, last: &[u32], count: &[u32]| WorkerResult {
+            worker: w,
+            msg_last_us: encode_u32s(last),
+            msg_count: encode_u32s(count),
+            ..WorkerResult::default()
+        };
+        let m = merge(
+            &[
+                Some(r(0, &[1001, 0, 5001], &[2, 0, 1])),
+                Some(r(1, &[3001, 0, 2001], &[1, 0, 2])),
+                Some(WorkerResult::default()),
+            ],
+            1000,
+        );
+        assert_eq!(m.msg_last_us, vec![3001, 0, 5001]);
+        assert_eq!(m.msg_count, vec![3, 0, 3]);
+        // Message 2 should have reached 4 subscribers: not complete.
+        let lr = last_receive(&m.msg_last_us, &m.msg_count, |i| [3, 3, 4][i]);
+        assert_eq!((lr.msgs, lr.received_msgs, lr.complete_msgs), (3, 2, 1));
+        assert!((lr.latency.max_ms - 5.0).abs() < 0.01, "{lr:?}");
+        assert!((lr.latency.p50_ms - 3.0).abs() < 0.01, "{lr:?}");
     }
 }

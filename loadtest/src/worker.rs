@@ -41,6 +41,12 @@ use crate::ws::{self, FailCause, Header};
 /// worker, so it can be generous: fewer syscalls under fan-out bursts.
 const READ_CHUNK: usize = 64 << 10;
 
+/// The most messages whose "last receive" (the latest subscriber's
+/// publish→receive latency) is tracked one by one: two `u32` per message
+/// per worker (800 KB at this cap) and about 1 MB of base64 in each
+/// worker's result line. Longer runs report no `last_receive`.
+pub const LAST_RX_MAX_MSGS: u64 = 100_000;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
@@ -78,7 +84,8 @@ pub enum Auth {
 pub struct WorkerPlan {
     pub worker: u32,
     pub kind: Kind,
-    pub target: Target,
+    /// Connection i goes to `targets[i mod n]` (all herald or one peer).
+    pub targets: Vec<Target>,
     pub auth: Auth,
     pub conn_start: u64,
     pub conn_count: u64,
@@ -97,6 +104,18 @@ pub struct WorkerPlan {
     pub connect_timeout_ms: u64,
     /// Hard stop, wall clock.
     pub deadline_unix_ms: u64,
+    /// Track each message's largest latency and receiver count (fanout,
+    /// at most [`LAST_RX_MAX_MSGS`] messages, payloads carrying their
+    /// per-topic index).
+    #[serde(default)]
+    pub track_msgs: bool,
+}
+
+impl WorkerPlan {
+    /// herald's protocol (every target is herald, or the one is a peer).
+    pub fn herald(&self) -> bool {
+        self.targets.first().is_some_and(|t| t.herald)
+    }
 }
 
 /// Slow readers: a share of the connections that sleep between reads.
@@ -172,6 +191,16 @@ pub struct WorkerResult {
     pub hist: String,
     /// `complete`, `stop` or `deadline`.
     pub ended_by: String,
+    /// With `track_msgs`: per message index (`(index − 1) × T + topic`,
+    /// the publisher's order), the largest publish→receive latency over
+    /// this worker's fast connections in µs + 1 (0: none received it),
+    /// little-endian `u32`s, base64.
+    #[serde(default)]
+    pub msg_last_us: String,
+    /// With `track_msgs`: per message index, how many of this worker's
+    /// fast connections received it (same encoding).
+    #[serde(default)]
+    pub msg_count: String,
 }
 
 /// One stdout line of a worker.
@@ -213,6 +242,25 @@ pub fn decode_histogram(s: &str) -> Result<Histogram<u64>, String> {
     hdrhistogram::serialization::Deserializer::new()
         .deserialize(&mut &bytes[..])
         .map_err(|e| format!("histogram: {e:?}"))
+}
+
+/// `u32`s as little-endian bytes, base64 (per-message arrays of results).
+pub fn encode_u32s(v: &[u32]) -> String {
+    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+pub fn decode_u32s(s: &str) -> Result<Vec<u32>, String> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .map_err(|e| format!("per-message array base64: {e}"))?;
+    if bytes.len() % 4 != 0 {
+        return Err("per-message array: length not a multiple of 4".into());
+    }
+    Ok(bytes
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect())
 }
 
 fn emit(ev: &Event) {
@@ -257,6 +305,11 @@ struct Shared {
     hist: RefCell<Histogram<u64>>,
     hist_slow: RefCell<Histogram<u64>>,
     series: RefCell<Series>,
+    /// Per message (with `track_msgs`, else empty): the largest latency
+    /// of a fast connection, µs + 1 (0 = none yet), and the number of fast
+    /// connections that received it.
+    msg_last_us: RefCell<Vec<u32>>,
+    msg_count: RefCell<Vec<u32>>,
 
     scratch: RefCell<Vec<u8>>,
     connect_done: Notify,
@@ -313,6 +366,26 @@ impl Shared {
         }
     }
 
+    /// A fast connection received message `index` (1-based, per topic; 0
+    /// = no index) of `topic` after `lat_us`.
+    fn note_msg(&self, topic: u32, index: u64, lat_us: u64) {
+        let mut last = self.msg_last_us.borrow_mut();
+        if last.is_empty() || index == 0 {
+            return;
+        }
+        let m = (index - 1)
+            .saturating_mul(self.names.len() as u64)
+            .saturating_add(u64::from(topic));
+        let Some(slot) = last.get_mut(m as usize) else {
+            return;
+        };
+        let v = lat_us.min(u64::from(u32::MAX - 1)) as u32 + 1;
+        *slot = (*slot).max(v);
+        if let Some(c) = self.msg_count.borrow_mut().get_mut(m as usize) {
+            *c += 1;
+        }
+    }
+
     fn p99_us(&self) -> u64 {
         let h = self.hist.borrow();
         if h.is_empty() {
@@ -346,6 +419,8 @@ impl Shared {
             last_rx_ns: self.last_rx.get(),
             hist: encode_histogram(&self.hist.borrow()),
             ended_by: ended_by.into(),
+            msg_last_us: encode_u32s(&self.msg_last_us.borrow()),
+            msg_count: encode_u32s(&self.msg_count.borrow()),
         }
     }
 }
@@ -541,7 +616,7 @@ impl Conn {
     }
 
     fn on_message(&mut self, w: &Shared, msg: &[u8], now: u64) {
-        if !w.plan.target.herald {
+        if !w.plan.herald() {
             // A peer sends the published body as is.
             self.on_publication(w, None, None, msg, now);
             return;
@@ -600,17 +675,18 @@ impl Conn {
             Shared::bump(&w.unexpected, 1);
             return;
         };
+        let topic_idx = sub.topic;
         Shared::bump(&w.received, 1);
-        // Raw peers have no seq: the publisher writes a per-topic index
-        // (from 1) after the timestamp when the payload has room; 0 when
-        // parallel publishers share a topic (no order to check).
-        let seq = seq.or_else(|| {
-            payload
-                .get(8..16)
-                .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                .map(u64::from_be_bytes)
-                .filter(|&i| i > 0)
-        });
+        // The publisher writes a per-topic index (from 1) after the
+        // timestamp when the payload has room; 0 when parallel publishers
+        // share a topic (no order to check). Raw peers have no seq: the
+        // index stands in for it.
+        let index = payload
+            .get(8..16)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0);
+        let seq = seq.or((index > 0).then_some(index));
         if let Some(s) = seq {
             if s <= sub.last_seq {
                 Shared::bump(&w.dups, 1);
@@ -633,9 +709,11 @@ impl Conn {
             &w.hist
         };
         if let Some(ts) = payload.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
-            let sent = u64::from_be_bytes(ts);
-            hist.borrow_mut()
-                .saturating_record(now.saturating_sub(sent) / 1000);
+            let lat_us = now.saturating_sub(u64::from_be_bytes(ts)) / 1000;
+            hist.borrow_mut().saturating_record(lat_us);
+            if !self.slow {
+                w.note_msg(topic_idx, index, lat_us);
+            }
         }
         if w.first_rx.get() == 0 {
             w.first_rx.set(now);
@@ -645,7 +723,8 @@ impl Conn {
 }
 
 async fn establish(w: &Shared, idx: u64, slow: bool) -> Result<Conn, FailCause> {
-    let t = &w.plan.target;
+    let (ti, src) = plan::route(idx, w.plan.targets.len(), w.plan.source_ips);
+    let t = &w.plan.targets[ti];
     let mut topics = Vec::with_capacity(w.topic_plan.max_per_conn() as usize);
     let expected = match w.plan.kind {
         Kind::Fanout => plan::conn_expected(&w.topic_plan, w.plan.msgs, idx, &mut topics),
@@ -665,7 +744,6 @@ async fn establish(w: &Shared, idx: u64, slow: bool) -> Result<Conn, FailCause> 
         let path = format!("{}/sub/{topic}", t.path);
         ws::upgrade_request(&t.host, &path, idx, None, None)
     };
-    let src = plan::source_ip(idx, w.plan.source_ips);
     let rcvbuf = if slow { w.plan.slow.rcvbuf } else { 0 };
     let mut stream = ws::connect(src, t.addr, rcvbuf)
         .await
@@ -843,6 +921,9 @@ async fn run() -> Result<(), String> {
         .map_err(|e| format!("reading the plan: {e}"))?;
     let plan: WorkerPlan =
         serde_json::from_str(&line).map_err(|e| format!("bad plan on stdin: {e}"))?;
+    if plan.targets.is_empty() {
+        return Err("plan: no target".into());
+    }
     if plan.topic_names.len() != plan.topics.topics as usize {
         return Err("plan: topic names and count differ".into());
     }
@@ -859,6 +940,11 @@ async fn run() -> Result<(), String> {
             .filter(|&c| plan::is_slow(c, plan.slow.fraction))
             .count() as u64,
         Kind::Idle => 0,
+    };
+    let tracked = if plan.kind == Kind::Fanout && plan.track_msgs && plan.msgs <= LAST_RX_MAX_MSGS {
+        vec![0u32; plan.msgs as usize]
+    } else {
+        Vec::new()
     };
     let w = Rc::new(Shared {
         tokens: load_tokens(&plan.auth)?,
@@ -891,6 +977,8 @@ async fn run() -> Result<(), String> {
         hist: RefCell::new(new_histogram()),
         hist_slow: RefCell::new(new_histogram()),
         series: RefCell::new(Series::new(plan.sample_ms)),
+        msg_last_us: RefCell::new(tracked.clone()),
+        msg_count: RefCell::new(tracked),
         scratch: RefCell::new(Vec::new()),
         connect_done: Notify::new(),
         all_received: Notify::new(),
