@@ -140,15 +140,18 @@ stop_sampler() {
 }
 
 # ---- run ------------------------------------------------------------------
+# herald-load's cap: connecting, the broadcasts, 90 s to spare (rates may
+# be fractional).
+run_s=$(awk -v c="$CONNS" -v cr="$CONNECT_RATE" -v m="$MSGS" -v r="$RATE" \
+    'BEGIN { if (cr <= 0 || r <= 0) { print -1; exit } printf "%d", c / cr + m / r + 91 }')
+[ "$run_s" -gt 0 ] || die "CONNECT_RATE and RATE must be > 0"
+budget=$((DEADLINE_S - ($(date +%s) - T_START) - 60))
+[ "$run_s" -le "$budget" ] || die "the run needs ~$run_s s, only $budget s left of DEADLINE_S=$DEADLINE_S"
 start_nats c190k
 start_nodes c190k "$NODES" HERALD_CLUSTER__STORAGE="$STORAGE" HERALD_SHARDS__COUNT="$SHARDS"
 log "nats-server $NATS_PID, $NODES nodes ready: $NODE_PIDS ($(($(date +%s) - T_START)) s)"
 base=$(ksample)
 start_sampler
-connect_s=$((CONNS / CONNECT_RATE + 1))
-run_s=$((connect_s + MSGS / RATE + 90))
-budget=$((DEADLINE_S - ($(date +%s) - T_START) - 60))
-[ "$run_s" -le "$budget" ] || die "the run needs ~$run_s s, only $budget s left of DEADLINE_S=$DEADLINE_S"
 cmd=("$HL_BIN" fanout --url "$NODE_URLS" --secret "$SECRET" --feed-token "$FEED_TOKEN"
     --ingest "$(node_ingest 1)" --conns "$CONNS" --topics 1 --msgs "$MSGS" --rate "$RATE"
     --payload "$PAYLOAD" --workers "$WORKERS" --source-ips "$SOURCE_IPS" --connect-rate "$CONNECT_RATE"
