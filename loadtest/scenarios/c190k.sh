@@ -175,21 +175,22 @@ f="$OUT/c190k.json"
 connected=$(jget "$f" .connect.connected)
 # The sample with the most TCP sockets in use: all connections up.
 peak=$(tail -n +2 "$OUT/kmem.tsv" | sort -t$'\t' -k5,5n | tail -1)
-read -r _ b_slab _ b_avail b_inuse b_mem <<< "$base"
-read -r _ p_slab _ p_avail p_inuse p_mem <<< "$peak"
+read -r _ b_slab b_unr b_avail b_inuse b_mem <<< "$base"
+read -r _ p_slab p_unr p_avail p_inuse p_mem <<< "$peak"
+unr_b=$(awk -v u0="$b_unr" -v u1="$p_unr" -v n="$connected" 'BEGIN { if (n > 0) printf "%.0f", (u1 - u0) * 1024 / n; else print "n/a" }')
 kernel_b=$(awk -v s0="$b_slab" -v s1="$p_slab" -v m0="$b_mem" -v m1="$p_mem" -v n="$connected" \
     'BEGIN { if (n > 0) printf "%.0f", ((s1 - s0) * 1024 + (m1 - m0) * 4096) / n; else print "n/a" }')
 avail_b=$(awk -v a0="$b_avail" -v a1="$p_avail" -v n="$connected" 'BEGIN { if (n > 0) printf "%.0f", (a0 - a1) * 1024 / n; else print "n/a" }')
 {
     echo "== c190k: $(fmt_int "$CONNS") connections, $NODES herald nodes (cluster, $SHARDS shard(s) each) + nats-server ($STORAGE), $WORKERS herald-load workers, $SOURCE_IPS source addresses; $(nproc) cores"
-    jq -r --arg kb "$kernel_b" --arg ab "$avail_b" --arg tcp "$b_inuse -> $p_inuse" '
+    jq -r --arg kb "$kernel_b" --arg ub "$unr_b" --arg ab "$avail_b" --arg tcp "$b_inuse -> $p_inuse" '
       def r(x): (x * 100 | round) / 100;
       def n(x): (x | round | tostring) as $s | reduce range(0; $s | length) as $i (""; . + (if $i > 0 and (($s | length) - $i) % 3 == 0 then "," else "" end) + $s[$i:$i + 1]);
       "connected          \(n(.connect.connected)) / \(n(.connect.attempted)), failures \(.connect.failures | tostring)",
       "connect time       \(r(.connect.seconds)) s = \(n(.connect.per_s)) connections/s (paced at '"$CONNECT_RATE"'/s); per connection p50 \(.connect.latency.p50_ms) ms, p99 \(.connect.latency.p99_ms) ms, max \(.connect.latency.max_ms) ms",
       "herald RSS         \(n(.server.rss_after_connect // 0)) B over all nodes connected (\(n(.server.rss_before_connect // 0)) before) = \(n(.server.rss_per_conn // 0)) B per connection",
-      "kernel             \($kb) B per connection (Slab + TCP buffer pages growth; both ends on this box); TCP sockets in use \($tcp)",
-      "MemAvailable drop  \($ab) B per connection (herald + herald-load + kernel)",
+      "kernel             \($kb) B per connection (Slab + TCP buffer pages growth; both ends on this box), \($ub) B of it unreclaimable slab; TCP sockets in use \($tcp)",
+      "MemAvailable drop  \($ab) B per connection (herald + herald-load + kernel; the kernel counts reclaimable slab as available)",
       "broadcasts         \(.published) / \(.msgs) at '"$RATE"'/s; delivered \(n(.delivered)) / \(n(.expected)) complete=\(.complete); seq gaps \(.seq_gaps), duplicates \(.duplicates); closes \(.closes | tostring)",
       "last receive       p50 \(.last_receive.latency.p50_ms // "n/a") ms, p99 \(.last_receive.latency.p99_ms // "n/a") ms, max \(.last_receive.latency.max_ms // "n/a") ms (per broadcast: publish -> the last subscriber has it); \(.last_receive.complete_msgs // 0) of \(.last_receive.msgs // 0) reached every subscriber",
       "latency            every delivery: p50 \(.latency.p50_ms) ms, p99 \(.latency.p99_ms) ms, max \(.latency.max_ms) ms",
