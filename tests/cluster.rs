@@ -65,6 +65,9 @@ async fn while_nats_is_down_publications_are_refused_and_the_sequence_goes_on_af
     // A client PUBLISH gets ERROR 503; the connection stays open.
     send_bin(&mut subs[1], client::encode_publish(5, "md.ETH", b"y")).await;
     expect_error(&mut subs[1], 5, 503).await;
+    // A SUBSCRIBE to a topic this node does not follow needs the log: 503.
+    send_bin(&mut subs[1], client::encode_subscribe(6, "md.new", None)).await;
+    expect_error(&mut subs[1], 6, 503).await;
     // A feed is told 503 and closed.
     let mut feed = Feed::open(nodes[2].ingest(), "f").await;
     feed.publish("md.ETH", b"z").await;

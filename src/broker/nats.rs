@@ -332,17 +332,11 @@ impl Inner {
     }
 
     fn in_subject(&self, topic: &str) -> String {
-        let mut s = String::with_capacity(self.in_prefix.len() + topic.len());
-        s.push_str(&self.in_prefix);
-        s.extend(topic.chars().map(|c| if c == '.' { '~' } else { c }));
-        s
+        subject(&self.in_prefix, topic)
     }
 
     fn out_subject(&self, topic: &str) -> String {
-        let mut s = String::with_capacity(self.out_prefix.len() + topic.len());
-        s.push_str(&self.out_prefix);
-        s.extend(topic.chars().map(|c| if c == '.' { '~' } else { c }));
-        s
+        subject(&self.out_prefix, topic)
     }
 
     fn topic_of_out(&self, subject: &str) -> Option<Arc<str>> {
@@ -684,6 +678,15 @@ impl Inner {
         out.reverse();
         Ok(out)
     }
+}
+
+/// `prefix` + the topic as one subject token (a topic has no `~`, so the
+/// mapping of `.` to `~` can be undone).
+fn subject(prefix: &str, topic: &str) -> String {
+    let mut s = String::with_capacity(prefix.len() + topic.len());
+    s.push_str(prefix);
+    s.extend(topic.chars().map(|c| if c == '.' { '~' } else { c }));
+    s
 }
 
 fn malformed() -> BrokerError {

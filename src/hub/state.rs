@@ -254,6 +254,27 @@ impl Topic {
         }
     }
 
+    /// Answers a SUBSCRIBE of a followed topic (cluster mode), asking the
+    /// broker for history first if the ring does not reach back far enough.
+    fn serve_followed(&mut self, req: SubscribeReq, out: &mut Vec<Effect>) {
+        if !self.needs_history(&req) {
+            out.push(self.serve_local(req));
+            return;
+        }
+        let down_to_seq = req.recover.as_ref().map_or(0, |r| r.0 + 1);
+        let Some(link) = self.link.as_mut() else {
+            return;
+        };
+        link.waiting.push(req);
+        if !link.history_pending {
+            link.history_pending = true;
+            out.push(Effect::History {
+                topic: self.name.clone(),
+                down_to_seq,
+            });
+        }
+    }
+
     fn best_expect(&self) -> Option<Tail> {
         let link = self.link.as_ref()?;
         let followed = match link.follow {
@@ -413,22 +434,7 @@ impl HomeState {
                 out.push(Effect::Open(t.name.clone()));
             }
             Follow::Opening { .. } => link.waiting.push(req),
-            Follow::Live { .. } | Follow::CatchingUp { .. } => {
-                if t.needs_history(&req) {
-                    let down_to_seq = req.recover.as_ref().map_or(0, |r| r.0 + 1);
-                    let link = t.link.as_mut().expect("cluster topic");
-                    link.waiting.push(req);
-                    if !link.history_pending {
-                        link.history_pending = true;
-                        out.push(Effect::History {
-                            topic: t.name.clone(),
-                            down_to_seq,
-                        });
-                    }
-                } else {
-                    out.push(t.serve_local(req));
-                }
-            }
+            Follow::Live { .. } | Follow::CatchingUp { .. } => t.serve_followed(req, out),
         }
     }
 
@@ -733,7 +739,7 @@ impl HomeState {
                 };
                 let waiting = std::mem::take(&mut link.waiting);
                 for req in waiting {
-                    self.serve_cluster(topic, req, out);
+                    t.serve_followed(req, out);
                 }
                 for r in early {
                     self.on_record(topic, r, now, out);
@@ -762,30 +768,6 @@ impl HomeState {
                     });
                 }
             }
-        }
-    }
-
-    /// Answers a SUBSCRIBE of a followed topic, asking for history first if
-    /// the ring does not reach back far enough.
-    fn serve_cluster(&mut self, topic: &str, req: SubscribeReq, out: &mut Vec<Effect>) {
-        let Some(t) = self.topics.get_mut(topic) else {
-            return;
-        };
-        if t.needs_history(&req) {
-            let down_to_seq = req.recover.as_ref().map_or(0, |r| r.0 + 1);
-            let name = t.name.clone();
-            if let Some(link) = t.link.as_mut() {
-                link.waiting.push(req);
-                if !link.history_pending {
-                    link.history_pending = true;
-                    out.push(Effect::History {
-                        topic: name,
-                        down_to_seq,
-                    });
-                }
-            }
-        } else {
-            out.push(t.serve_local(req));
         }
     }
 
