@@ -259,3 +259,15 @@ fn invalid_env_value_exits_2_naming_the_key() {
         "stderr names neither listen.ws nor its variable: {stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_tells_every_connected_feed_503_before_closing_it() {
+    let server = start(|_| {});
+    let mut feed = Feed::open(server.ingest(), "f").await;
+    feed.publish("t", b"x").await;
+    feed.barrier(1).await;
+    let reader = tokio::spawn(async move { feed.expect_error_then_close().await });
+    assert!(server.stop().await);
+    let (code, message) = reader.await.expect("reader");
+    assert_eq!(code, 503, "{message}");
+}
