@@ -185,3 +185,110 @@ async fn a_node_cut_off_longer_than_the_history_closes_its_subscribers_with_1001
     a.stop().await;
     b.stop().await;
 }
+
+/// Publications racing a NATS crash: every one is answered with its true
+/// outcome. A 202 is in the log at the seq it named, a 503 is in no one's
+/// stream, and the subscribers on every node see the same gap-free
+/// sequence once NATS is back (same store).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publications_in_flight_when_nats_dies_are_answered_with_their_true_outcome() {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let mut nats = NatsServer::start();
+    let nodes = cluster(&nats.url(), |_| {}).await;
+    let mut subs = Vec::new();
+    for n in &nodes {
+        let mut ws = ws_connect(n.ws(), &token_all("u")).await;
+        subscribe(&mut ws, 1, "md.BTC").await;
+        subs.push(ws);
+    }
+
+    // 202 → (seq, payload); 503 → payload. Anything else fails the test.
+    let stored = Arc::new(Mutex::new(BTreeMap::<u64, Vec<u8>>::new()));
+    let refused = Arc::new(Mutex::new(Vec::<Vec<u8>>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut publishers = Vec::new();
+    for p in 0..4usize {
+        let admin = nodes[p % 3].admin();
+        let (stored, refused, stop) = (stored.clone(), refused.clone(), stop.clone());
+        publishers.push(tokio::spawn(async move {
+            let mut i = 0u32;
+            while !stop.load(Ordering::SeqCst) {
+                let payload = format!("p{p}-{i}").into_bytes();
+                i += 1;
+                let r = api(
+                    admin,
+                    "POST",
+                    "/api/publish/md.BTC",
+                    Some(API_KEY),
+                    &payload,
+                )
+                .await;
+                match r.status {
+                    202 => {
+                        let seq = r.json()["seq"].as_u64().expect("seq");
+                        let prev = stored.lock().unwrap().insert(seq, payload);
+                        assert!(prev.is_none(), "seq {seq} answered twice");
+                    }
+                    503 => {
+                        refused.lock().unwrap().push(payload);
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    s => panic!("publish answered {s}: {}", r.body_str()),
+                }
+            }
+        }));
+    }
+    let count = |m: &Arc<Mutex<BTreeMap<u64, Vec<u8>>>>| m.lock().unwrap().len();
+    assert!(
+        wait_until(Duration::from_secs(10), || async { count(&stored) >= 50 }).await,
+        "publications flow before the crash"
+    );
+    nats.kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    nats.restart();
+    for n in &nodes {
+        ready(n).await;
+    }
+    let before = count(&stored);
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            count(&stored) >= before + 50
+        })
+        .await,
+        "publications flow again after the restart"
+    );
+    stop.store(true, Ordering::SeqCst);
+    for p in publishers {
+        p.await.expect("publisher task");
+    }
+
+    let stored = stored.lock().unwrap().clone();
+    let refused = refused.lock().unwrap().clone();
+    let n = stored.len() as u64;
+    assert_eq!(
+        stored.keys().copied().collect::<Vec<_>>(),
+        (1..=n).collect::<Vec<_>>(),
+        "the 202s name every seq from 1 once: a 503 took no seq"
+    );
+    let expected: Vec<(u64, Vec<u8>)> = stored.into_iter().collect();
+    for ws in &mut subs {
+        let got = publications(ws, n as usize).await;
+        assert_eq!(got, expected, "every node delivers the stored sequence");
+        nothing_more(ws).await;
+    }
+    for r in &refused {
+        assert!(expected.iter().all(|(_, p)| p != r), "a 503 was delivered");
+    }
+    // The race was run: some append lost its answer with NATS and was
+    // settled by asking again.
+    let mut unknown = 0.0;
+    for n in &nodes {
+        let m = metrics_text(n.admin()).await;
+        unknown += metric_sum(&m, "herald_broker_appends_total", &["result=\"error\""]);
+    }
+    assert!(unknown >= 1.0, "no publication was in flight at the crash");
+    stop_all(nodes).await;
+}
