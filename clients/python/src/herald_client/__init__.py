@@ -8,7 +8,9 @@
 
 from .client import Gap, HeraldClient, Publication, StateEvent, Subscription
 from .errors import (
+    AlreadySubscribed,
     ClientClosed,
+    ConnectionLost,
     HeraldClientError,
     HeraldError,
     NotConnected,
@@ -28,6 +30,8 @@ __all__ = [
     "HeraldClientError",
     "HeraldError",
     "NotConnected",
+    "ConnectionLost",
+    "AlreadySubscribed",
     "ClientClosed",
     "Unauthorized",
     "Timeout",

@@ -27,7 +27,9 @@ from websockets.uri import parse_uri
 
 from . import reconnect, tokens, wire
 from .errors import (
+    AlreadySubscribed,
     ClientClosed,
+    ConnectionLost,
     HeraldClientError,
     HeraldError,
     NotConnected,
@@ -75,7 +77,8 @@ class Gap:
     gap; ``seq`` is the seq the stream goes on from: the next publication
     the app sees has this seq, and ``last_seq + 1 … seq - 1`` may be missing
     (for ``epoch_changed``, everything after ``last_seq`` of the old epoch).
-    ``epoch`` is the epoch the stream goes on in.
+    ``epoch`` is the epoch the stream goes on in; ``dropped`` (for
+    ``"dropped"``) how many publications were dropped.
     """
 
     reason: str
@@ -83,24 +86,35 @@ class Gap:
     last_seq: Optional[int]
     seq: int
     epoch: Optional[str]
+    dropped: Optional[int] = None
 
 
 @dataclass(frozen=True)
 class StateEvent:
     """A connection state change.
 
-    ``state``: ``"connecting"``, ``"open"``, ``"reconnecting"`` or
-    ``"closed"``. For ``reconnecting``: ``reason`` (see the reconnect table),
-    ``delay`` (seconds until the next attempt) and ``code`` (the close code
-    or handshake status, ``None`` for a lost connection). For ``closed``:
-    ``reason`` (``client``, ``unauthorized``, ``disconnected``, ``protocol``,
-    ``refused``) and ``code``.
+    ``state``: ``"connecting"`` (the first attempt), ``"open"``,
+    ``"reconnecting"`` (after every failure, before the wait) or
+    ``"closed"`` (terminal).
+
+    ``reconnecting``: ``reason`` (``connection_lost``, ``going_away``,
+    ``server_closed``, ``slow_consumer``, ``rate_limited``,
+    ``token_expired``, ``disconnected``, ``unauthorized``, ``unavailable``,
+    ``token_error``, ``http_<status>``), ``delay`` (seconds until the next
+    attempt) and ``attempt`` (the attempt counter used for the wait).
+    ``closed``: ``reason`` (``client``, ``unauthorized``, ``disconnected``,
+    ``protocol``, ``refused``).
+
+    Both carry ``code``, the close code, when a close frame ended the
+    connection, or ``status``, the HTTP status, when the upgrade was refused.
     """
 
     state: str
     reason: Optional[str] = None
     delay: Optional[float] = None
     code: Optional[int] = None
+    status: Optional[int] = None
+    attempt: Optional[int] = None
 
 
 def _call_listeners(listeners: List[Callable[[Any], Any]], event: Any) -> None:
@@ -145,6 +159,7 @@ class Subscription:
         self._buf: Deque[Union[Publication, Gap]] = collections.deque()
         self._drop_last: Optional[int] = None  # last_seq of a pending "dropped" gap
         self._dropped = 0
+        self._drop_count = 0  # dropped since the last "dropped" gap
         self._wakeup = asyncio.Event()
         self._gap_listeners: List[Callable[[Gap], Any]] = []
         self._ready: "asyncio.Future[None]" = asyncio.get_running_loop().create_future()
@@ -227,8 +242,9 @@ class Subscription:
                         seq, epoch = entry.seq, entry.epoch
                     else:
                         seq, epoch = (entry.last_seq or 0) + 1, self._epoch
-                    gap = Gap("dropped", self.topic, self._drop_last, seq, epoch)
+                    gap = Gap("dropped", self.topic, self._drop_last, seq, epoch, self._drop_count)
                     self._drop_last = None
+                    self._drop_count = 0
                     _call_listeners(self._gap_listeners, gap)
                 if isinstance(entry, Gap):
                     _call_listeners(self._gap_listeners, entry)
@@ -250,6 +266,7 @@ class Subscription:
                 self._drop_last = old.seq - 1 if isinstance(old, Publication) else old.last_seq
             if isinstance(old, Publication):
                 self._dropped += 1
+                self._drop_count += 1
         self._buf.append(entry)
         self._wakeup.set()
 
@@ -323,6 +340,7 @@ class Subscription:
         if discard:
             self._buf.clear()
             self._drop_last = None
+            self._drop_count = 0
         if not self._ready.done():
             self._ready.set_exception(error if error is not None else ClientClosed("client"))
             self._ready.exception()  # mark retrieved: nobody may be waiting
@@ -502,7 +520,7 @@ class HeraldClient:
             return
         self._closing = True
         if self._task is None:
-            self._finish("client", None)
+            self._finish("client")
             return
         assert self._wake is not None
         self._wake.set()
@@ -521,13 +539,13 @@ class HeraldClient:
         except Exception:
             log.exception("herald_client: supervisor failed")
         if self._state != CLOSED:
-            self._finish("client", None)
+            self._finish("client")
 
-    def _finish(self, reason: str, code: Optional[int]) -> None:
+    def _finish(self, reason: str, code: Optional[int] = None, status: Optional[int] = None) -> None:
         """Go to the terminal ``closed`` state."""
         if self._state == CLOSED:
             return
-        err = closed_error(reason, code)
+        err = closed_error(reason, code if code is not None else status)
         self._closed_error = err
         self._ws = None
         for p in self._pending.values():
@@ -539,7 +557,7 @@ class HeraldClient:
         for sub in list(self._subs.values()):
             sub._end(None if app_asked else err, discard=app_asked)
         self._subs.clear()
-        self._set_state(StateEvent(CLOSED, reason, None, code))
+        self._set_state(StateEvent(CLOSED, reason, code=code, status=status))
         if self._done_event is not None:
             self._done_event.set()
 
@@ -569,21 +587,20 @@ class HeraldClient:
         need_token = self._token is None and self._get_token is not None
         try:
             while not self._closing:
+                outcome: Optional[reconnect.Outcome] = None
+                opened_for: Optional[float] = None
                 if need_token:
                     try:
                         self._token = await self._fetch_token()
                         self._token_received_at = time.time()
                         need_token = False
+                    except asyncio.CancelledError:
+                        raise
                     except Exception as e:
                         log.warning("herald_client: get_token failed: %r", e)
-                        delay, attempt = reconnect.next_wait(
-                            reconnect.Decision(True, "token_unavailable", "backoff"), attempt,
-                            base=self._backoff_base, cap=self._backoff_max, rand=self._rand)
-                        self._set_state(StateEvent(RECONNECTING, "token_unavailable", delay, None))
-                        await self._sleep(delay)
-                        continue
-
-                outcome, opened_for = await self._attempt()
+                        outcome = reconnect.Outcome.token_error()
+                if outcome is None:
+                    outcome, opened_for = await self._attempt()
                 if self._closing:
                     break
 
@@ -593,14 +610,18 @@ class HeraldClient:
                     consecutive_401s += 1
                 else:
                     consecutive_401s = 0
+                code = outcome.code if outcome.kind == "close" else None
+                status = outcome.code if outcome.kind == "handshake" else None
                 if not decision.reconnect:
-                    self._finish(decision.reason, outcome.code)
+                    self._finish(decision.reason, code, status)
                     return
+                used = 0 if decision.reset_attempts or (
+                    opened_for is not None and opened_for >= reconnect.OPEN_RESETS_AFTER_S) else attempt
                 delay, attempt = reconnect.next_wait(
                     decision, attempt, opened_for=opened_for,
                     base=self._backoff_base, cap=self._backoff_max, rand=self._rand)
                 need_token = decision.new_token and self._get_token is not None
-                self._set_state(StateEvent(RECONNECTING, decision.reason, delay, outcome.code))
+                self._set_state(StateEvent(RECONNECTING, decision.reason, delay, code, status, used))
                 await self._sleep(delay)
         except asyncio.CancelledError:
             pass
@@ -614,7 +635,7 @@ class HeraldClient:
                     pass
             if self._state != CLOSED:
                 self._connection_lost()
-                self._finish("client", None)
+                self._finish("client")
 
     async def _attempt(self) -> Tuple[reconnect.Outcome, Optional[float]]:
         """One connection attempt, and the connection while it lasts: returns
@@ -678,7 +699,7 @@ class HeraldClient:
                 if p.kind == "unsubscribe":
                     p.future.set_result({})
                 else:
-                    p.future.set_exception(NotConnected("connection lost before the reply"))
+                    p.future.set_exception(ConnectionLost(f"the connection ended before the {p.kind} reply"))
                     p.future.exception()
         for sub in self._subs.values():
             sub._conn = None
@@ -758,15 +779,13 @@ class HeraldClient:
 
     async def _refresh_loop(self, conn_id: int) -> None:
         """Sends REFRESH before the current token expires (with get_token)."""
-        min_gap = 0.0
         while self._conn_id == conn_id and self._is_open:
-            at = tokens.refresh_at(self._token, self._token_received_at)
-            if at is None:
+            delay = tokens.refresh_delay(self._token, self._token_received_at, time.time())
+            if delay is None:
                 return
-            await asyncio.sleep(max(min_gap, at - time.time()))
+            await asyncio.sleep(delay)
             if self._conn_id != conn_id or not self._is_open:
                 return
-            min_gap = 1.0  # never more than one REFRESH a second
             try:
                 await self.refresh()
             except asyncio.CancelledError:
@@ -808,11 +827,12 @@ class HeraldClient:
         as soon as it is; this call then waits for that (``timeout``:
         :class:`Timeout` after that many seconds, the subscription is
         dropped). Raises :class:`HeraldError` on ERROR (403 topic not
-        allowed, 409 already subscribed, 413 too many subscriptions, 503).
+        allowed, 413 too many subscriptions, 503), :class:`AlreadySubscribed`
+        when this client already has ``topic``.
         """
         self._check_usable()
         if topic in self._subs:
-            raise HeraldError(409, "already subscribed")
+            raise AlreadySubscribed(f"already subscribed to {topic}")
         sub = Subscription(self, topic, since, epoch, buffer_size or self._buffer_size, callback)
         if on_gap is not None:
             sub.on_gap(on_gap)

@@ -4,8 +4,10 @@ Every error is a :class:`HeraldClientError`. Its ``code`` is
 
 * an ``int`` for an ERROR the gateway sent (:class:`HeraldError`: 400, 401,
   403, 409, 413, 429, 500, 503, see PROTOCOL.md §1.7);
-* a ``str`` for the client's own errors: ``"not_connected"``, ``"closed"``,
-  ``"unauthorized"``, ``"timeout"``.
+* a ``str`` for the client's own errors: ``"not_connected"``,
+  ``"connection_lost"``, ``"closed"``, ``"unauthorized"``, ``"timeout"``,
+  ``"already_subscribed"`` (the same strings as the TypeScript client's
+  ``HeraldError.code``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ __all__ = [
     "HeraldClientError",
     "HeraldError",
     "NotConnected",
+    "ConnectionLost",
+    "AlreadySubscribed",
     "ClientClosed",
     "Unauthorized",
     "Timeout",
@@ -47,10 +51,23 @@ class HeraldError(HeraldClientError):
 
 
 class NotConnected(HeraldClientError):
-    """The request needs an open connection and there is none (PUBLISH and
-    PING are never queued), or the connection was lost before the reply."""
+    """The request needs an open connection and there is none: PUBLISH and
+    PING are never queued."""
 
     code = "not_connected"
+
+
+class ConnectionLost(NotConnected):
+    """The connection ended after the request was sent and before its reply
+    (a PUBLISH may or may not have been stored)."""
+
+    code = "connection_lost"
+
+
+class AlreadySubscribed(HeraldClientError):
+    """``subscribe()`` for a topic this client is already subscribed to."""
+
+    code = "already_subscribed"
 
 
 class Timeout(HeraldClientError):

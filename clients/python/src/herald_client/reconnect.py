@@ -53,6 +53,7 @@ class Outcome:
       handshake that failed without an HTTP status;
     * ``"close"``: the gateway sent a close frame with ``code``;
     * ``"handshake"``: the upgrade was answered with HTTP ``code``;
+    * ``"token_error"``: ``get_token()`` failed while preparing an attempt;
     * ``"client"``: the application called ``close()``.
     """
 
@@ -72,6 +73,10 @@ class Outcome:
     @classmethod
     def handshake(cls, status: int) -> "Outcome":
         return cls("handshake", status)
+
+    @classmethod
+    def token_error(cls) -> "Outcome":
+        return cls("token_error")
 
     @classmethod
     def client(cls) -> "Outcome":
@@ -120,6 +125,9 @@ def decide(outcome: Outcome, *, has_get_token: bool, consecutive_401s: int = 0) 
     if kind == "lost":
         return _retry("connection_lost", BACKOFF)
 
+    if kind == "token_error":  # not a row of the table: try get_token again later
+        return _retry("token_error", BACKOFF, new_token=True)
+
     if kind == "close":
         if code == 1000:
             return _retry("server_closed", BACKOFF)
@@ -157,7 +165,7 @@ def decide(outcome: Outcome, *, has_get_token: bool, consecutive_401s: int = 0) 
             return _retry("unavailable", BACKOFF)
         # Not in the table (e.g. 500/502/504 from a proxy in front of the
         # gateway): treated like a lost connection.
-        return _retry("handshake_failed", BACKOFF)
+        return _retry(f"http_{code}", BACKOFF)
 
     raise ValueError(f"unknown outcome kind {kind!r}")
 
@@ -205,8 +213,10 @@ def next_wait(
         attempt = 0
     if decision.reset_attempts:
         attempt = 0
+    # every attempt after a failure counts (4001's reset excepted)
+    following = 0 if decision.reset_attempts else attempt + 1
     if decision.wait == NOW:
-        return 0.0, attempt
+        return 0.0, following
     if decision.wait == SLOW:
-        return slow_delay(rand), attempt + 1
-    return backoff_delay(attempt, base, cap, rand), attempt + 1
+        return slow_delay(rand), following
+    return backoff_delay(attempt, base, cap, rand), following

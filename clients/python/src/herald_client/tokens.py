@@ -10,12 +10,15 @@ import base64
 import json
 from typing import Optional, Tuple
 
-__all__ = ["token_times", "refresh_at", "REFRESH_FRACTION", "REFRESH_MARGIN_S"]
+__all__ = ["token_times", "refresh_at", "refresh_delay", "REFRESH_FRACTION", "REFRESH_MARGIN_S", "MIN_REFRESH_DELAY_S"]
 
 #: REFRESH at this fraction of the token's lifetime ...
 REFRESH_FRACTION = 0.8
 #: ... and at least this long before ``exp``.
 REFRESH_MARGIN_S = 5.0
+#: ... but never sooner than this from now (a token source that hands out
+#: tokens about to expire must not make the client spin).
+MIN_REFRESH_DELAY_S = 1.0
 
 
 def token_times(token: Optional[str]) -> Tuple[Optional[float], Optional[float]]:
@@ -58,3 +61,12 @@ def refresh_at(token: Optional[str], received_at: float) -> Optional[float]:
     start = iat if iat is not None and iat <= received_at else received_at
     lifetime = max(0.0, exp - start)
     return min(start + REFRESH_FRACTION * lifetime, exp - REFRESH_MARGIN_S)
+
+
+def refresh_delay(token: Optional[str], received_at: float, now: float) -> Optional[float]:
+    """Seconds from ``now`` until REFRESH (see :func:`refresh_at`), at least
+    :data:`MIN_REFRESH_DELAY_S`; ``None`` when the token has no ``exp``."""
+    at = refresh_at(token, received_at)
+    if at is None:
+        return None
+    return max(MIN_REFRESH_DELAY_S, at - now)
