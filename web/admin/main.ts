@@ -232,7 +232,7 @@ function render(nodes: NodeEntry[], m: MetricsView | null, t: number): void {
       const tr = tb.insertRow();
       tr.dataset.code = code;
       cell(tr, code);
-      cell(tr, CLOSE_MEANING[code] ?? "");
+      cell(tr, CLOSE_MEANING[code] ?? "").className = "l";
       cell(tr, fmt(m.closes.get(code)));
       const d = prevMetrics ? (m.closes.get(code) ?? 0) - (prevMetrics.closes.get(code) ?? 0) : 0;
       cell(tr, d > 0 ? `+${fmt(d)}` : "");

@@ -27,12 +27,13 @@ export function fit(canvas: HTMLCanvasElement): { ctx: CanvasRenderingContext2D;
   return { ctx, w, h };
 }
 
-/** A "nice" upper bound for an axis: 1, 2, 2.5 or 5 times a power of ten. */
-export function niceMax(v: number): number {
-  if (!(v > 0)) return 1;
-  const p = Math.pow(10, Math.floor(Math.log10(v)));
-  for (const m of [1, 2, 2.5, 5, 10]) if (v <= m * p) return m * p;
-  return 10 * p;
+/** Axis ticks from 0: a step of 1, 2 or 5 times a power of ten, at most ~5 steps up to the top. */
+export function niceAxis(max: number): { top: number; step: number } {
+  if (!(max > 0)) return { top: 1, step: 0.25 };
+  const raw = max / 4;
+  const p = Math.pow(10, Math.floor(Math.log10(raw)));
+  const step = [1, 2, 5, 10].map((m) => m * p).find((s) => s >= raw)!;
+  return { top: step * Math.ceil(max / step - 1e-9), step };
 }
 
 export function compact(v: number): string {
@@ -42,7 +43,7 @@ export function compact(v: number): string {
   if (a >= 1e3) return (v / 1e3).toFixed(a >= 1e4 ? 0 : 1) + "k";
   if (a >= 10 || v === 0) return v.toFixed(0);
   if (a >= 1) return v.toFixed(1).replace(/\.0$/, "");
-  return v.toPrecision(2);
+  return String(Number(v.toPrecision(2)));
 }
 
 /** A time-series line chart over the last windowMs before now, y from 0. */
@@ -52,7 +53,7 @@ export function timeChart(canvas: HTMLCanvasElement, series: Series[], now: numb
   const pw = w - padL - padR, ph = h - padT - padB;
   let max = 0;
   for (const s of series) for (const [t, v] of s.points) if (v !== null && t >= now - windowMs && v > max) max = v;
-  const top = niceMax(max);
+  const { top, step } = niceAxis(max);
   const x = (t: number) => padL + ((t - (now - windowMs)) / windowMs) * pw;
   const y = (v: number) => padT + ph - (v / top) * ph;
 
@@ -62,8 +63,8 @@ export function timeChart(canvas: HTMLCanvasElement, series: Series[], now: numb
   ctx.fillStyle = "#8595a6";
   ctx.textAlign = "right";
   ctx.textBaseline = "middle";
-  for (let i = 0; i <= 4; i++) {
-    const v = (top * i) / 4;
+  for (let i = 0; i * step <= top + step / 2; i++) {
+    const v = i * step;
     const yy = Math.round(y(v)) + 0.5;
     ctx.beginPath();
     ctx.moveTo(padL, yy);

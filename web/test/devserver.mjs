@@ -27,7 +27,12 @@ export async function startDevServer({ wsPort, adminPort, port = 0, room = true 
   const server = createServer((req, res) => {
     const path = req.url.split("?")[0];
     if (files[path]) {
-      res.writeHead(200, { "content-type": files[path][1], "cache-control": "no-store" });
+      res.writeHead(200, {
+        "content-type": files[path][1],
+        "cache-control": "no-store",
+        // the gateway's own policy (src/http/site.rs), so violations show here too
+        "content-security-policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'",
+      });
       return res.end(readFileSync(join(dist, files[path][0])));
     }
     if (path === "/demo/token") {
