@@ -1,0 +1,267 @@
+// The client against a scripted in-process WebSocket: cases the real gateway
+// does not produce on demand (duplicates, seq jumps, a dead peer, 1008).
+import { decode, encode } from "@msgpack/msgpack";
+import assert from "node:assert/strict";
+import { afterEach, test } from "node:test";
+import { HeraldClient, HeraldError } from "../dist/index.js";
+import { sleep, waitFor } from "./harness.mjs";
+
+class FakeWS {
+  static all = [];
+  constructor(url, protocols, options) {
+    Object.assign(this, { url, protocols, options, sent: [], readyState: 0, binaryType: "blob" });
+    this.onopen = this.onmessage = this.onerror = this.onclose = null;
+    FakeWS.all.push(this);
+  }
+  send(b) {
+    this.sent.push(decode(b));
+  }
+  close(code = 1000) {
+    this.closedWith = code;
+  }
+  // ---- the test plays the gateway ----
+  open() {
+    this.readyState = 1;
+    this.onopen?.({});
+  }
+  push(msg) {
+    const b = encode(msg);
+    this.onmessage?.({ data: b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength) });
+  }
+  serverClose(code, reason = "") {
+    this.readyState = 3;
+    this.onclose?.({ code, reason });
+  }
+  refuse(status) {
+    this.onerror?.({ message: `Unexpected server response: ${status}` });
+    this.readyState = 3;
+    this.onclose?.({ code: 1006, reason: "" });
+  }
+  lastRequest(type) {
+    return [...this.sent].reverse().find((m) => m[0] === type);
+  }
+}
+
+const clients = [];
+afterEach(() => {
+  for (const c of clients.splice(0)) c.close();
+  FakeWS.all = [];
+});
+
+function fake(opts = {}) {
+  const c = new HeraldClient({ url: "ws://fake/ws", WebSocket: FakeWS, token: "t.e.st", random: () => 1, ...opts });
+  clients.push(c);
+  return c;
+}
+
+const last = () => FakeWS.all[FakeWS.all.length - 1];
+
+test("duplicates are dropped; a seq jump is a gap; the REPLY's epoch is on each publication", async () => {
+  const c = fake();
+  const seqs = [];
+  const gaps = [];
+  const sub = c.subscribe("t", (p) => seqs.push([p.seq, p.epoch]));
+  sub.on("gap", (g) => gaps.push(g));
+  c.connect();
+  const ws = last();
+  assert.deepEqual(ws.protocols, ["herald.v1"]);
+  assert.deepEqual(ws.options, { headers: { Authorization: "Bearer t.e.st" } });
+  assert.equal(ws.binaryType, "arraybuffer");
+  ws.open();
+  const [, id, topic, opts] = ws.lastRequest(1);
+  assert.equal(topic, "t");
+  assert.equal(opts, undefined);
+  ws.push([17, id, { seq: 4, epoch: "e1", recovered: false }]);
+  assert.deepEqual(await sub.ready, { topic: "t", seq: 4, epoch: "e1", recovered: false });
+  for (const s of [3, 4, 5, 5, 6, 9, 8, 10]) ws.push([16, "t", s, new Uint8Array([s])]);
+  ws.push([16, "other", 11, new Uint8Array([1])]); // not subscribed: ignored
+  assert.deepEqual(
+    seqs.map(([s]) => s),
+    [5, 6, 9, 10],
+  );
+  assert.ok(seqs.every(([, e]) => e === "e1"));
+  assert.deepEqual(gaps, [{ topic: "t", reason: "seq_jump", lastSeq: 6, seq: 9, epoch: "e1" }]);
+});
+
+test("resubscribe after a reconnect sends since/epoch; recovered replays overlap without duplicates", async () => {
+  const c = fake({ backoff: { baseMs: 10, maxMs: 10 } });
+  const seqs = [];
+  const gaps = [];
+  const sub = c.subscribe("t", (p) => seqs.push(p.seq));
+  sub.on("gap", (g) => gaps.push(g));
+  c.connect();
+  let ws = last();
+  ws.open();
+  ws.push([17, ws.lastRequest(1)[1], { seq: 0, epoch: "e1", recovered: false }]);
+  for (const s of [1, 2, 3]) ws.push([16, "t", s, new Uint8Array()]);
+  ws.serverClose(1006);
+  assert.equal(c.state, "reconnecting");
+  await waitFor(() => FakeWS.all.length === 2, 1000, "second socket");
+  ws = last();
+  ws.open();
+  const [, id, , opts] = ws.lastRequest(1);
+  assert.deepEqual(opts, { since: 3, epoch: "e1" });
+  ws.push([17, id, { seq: 5, epoch: "e1", recovered: true }]);
+  for (const s of [3, 4, 5, 6]) ws.push([16, "t", s, new Uint8Array()]);
+  assert.deepEqual(seqs, [1, 2, 3, 4, 5, 6]);
+  assert.deepEqual(gaps, []);
+
+  // Next time the history does not reach back: not_recovered, then live from seq + 1.
+  ws.serverClose(1012);
+  await waitFor(() => FakeWS.all.length === 3, 1000, "third socket");
+  ws = last();
+  ws.open();
+  assert.deepEqual(ws.lastRequest(1)[3], { since: 6, epoch: "e1" });
+  ws.push([17, ws.lastRequest(1)[1], { seq: 500, epoch: "e1", recovered: false }]);
+  ws.push([16, "t", 501, new Uint8Array()]);
+  assert.deepEqual(gaps, [{ topic: "t", reason: "not_recovered", lastSeq: 6, seq: 501, epoch: "e1" }]);
+  assert.deepEqual(seqs.slice(-1), [501]);
+});
+
+test("since/epoch given by the app: recovered → no gap; epoch gone → epoch_changed", async () => {
+  const c = fake();
+  const a = c.subscribe("a", () => {}, { since: 10, epoch: "old" });
+  const b = c.subscribe("b", { since: 10, epoch: "old" });
+  const gaps = [];
+  a.on("gap", (g) => gaps.push(g));
+  b.on("gap", (g) => gaps.push(g));
+  c.connect();
+  const ws = last();
+  ws.open();
+  const reqs = ws.sent.filter((m) => m[0] === 1);
+  assert.deepEqual(
+    reqs.map((m) => [m[2], m[3]]),
+    [
+      ["a", { since: 10, epoch: "old" }],
+      ["b", { since: 10, epoch: "old" }],
+    ],
+  );
+  ws.push([17, reqs[0][1], { seq: 12, epoch: "old", recovered: true }]);
+  ws.push([17, reqs[1][1], { seq: 2, epoch: "new", recovered: false }]);
+  assert.deepEqual(gaps, [{ topic: "b", reason: "epoch_changed", lastSeq: 10, seq: 3, epoch: "new" }]);
+  assert.equal(a.lastSeq, 10);
+  assert.equal(b.lastSeq, 2);
+});
+
+test("no reply to the heartbeat PING: the connection counts as lost", async () => {
+  const c = fake({ heartbeatMs: 100, requestTimeoutMs: 100, backoff: { baseMs: 5000, maxMs: 5000 } });
+  const states = [];
+  c.on("state", (s) => states.push(s));
+  c.connect();
+  const ws = last();
+  ws.open();
+  await waitFor(() => ws.lastRequest(3), 1000, "heartbeat ping");
+  await waitFor(() => c.state === "reconnecting", 1000, "reconnecting");
+  assert.deepEqual(states.at(-1), { state: "reconnecting", reason: "connection_lost", delayMs: 5000, attempt: 0 });
+  assert.equal(ws.closedWith, 1000);
+});
+
+test("requests: REPLY and ERROR by id, timeout, connection_lost", async () => {
+  const c = fake({ requestTimeoutMs: 50, heartbeatMs: 0 });
+  c.connect();
+  const ws = last();
+  ws.open();
+  const p1 = c.publish("t", new Uint8Array([1, 2]));
+  const p2 = c.publish("t", new Uint8Array([3]));
+  const [r1, r2] = ws.sent.filter((m) => m[0] === 5);
+  assert.deepEqual([...r1[3]], [1, 2]);
+  ws.push([18, r2[1], 403, "publishing to this topic is not allowed"]);
+  ws.push([17, r1[1], { seq: 42 }]);
+  assert.equal(await p1, 42);
+  await assert.rejects(p2, (e) => e instanceof HeraldError && e.code === 403 && e.fromServer);
+  await assert.rejects(c.ping(), (e) => e.code === "timeout" && !e.fromServer);
+  const p3 = c.ping();
+  ws.serverClose(1006);
+  await assert.rejects(p3, (e) => e.code === "connection_lost");
+  await assert.rejects(c.ping(), (e) => e.code === "not_connected");
+});
+
+test("1008 closes for good (refused); subscriptions and iterators end with the error", async () => {
+  const c = fake();
+  const errors = [];
+  c.on("error", (e) => errors.push(e.code));
+  const sub = c.subscribe("t");
+  const reading = (async () => {
+    for await (const _ of sub);
+  })();
+  c.connect();
+  last().open();
+  last().serverClose(1008, "no");
+  assert.equal(c.state, "closed");
+  await assert.rejects(reading, (e) => e.code === "refused");
+  await assert.rejects(sub.ready, (e) => e.code === "refused");
+  assert.deepEqual(errors, ["refused"]);
+  assert.throws(() => c.subscribe("u"), (e) => e.code === "closed");
+});
+
+test("handshake 429 waits slow; 503 backs off; 403 closes (refused)", async () => {
+  const c = fake({ backoff: { baseMs: 10, maxMs: 10, slowMinMs: 20, slowMaxMs: 40 } });
+  const states = [];
+  c.on("state", (s) => states.push(s));
+  c.connect();
+  last().refuse(429);
+  await waitFor(() => FakeWS.all.length === 2, 1000, "after 429");
+  last().refuse(503);
+  await waitFor(() => FakeWS.all.length === 3, 1000, "after 503");
+  last().refuse(403);
+  assert.deepEqual(
+    states.map((s) => [s.state, s.reason, s.status, s.delayMs]),
+    [
+      ["connecting", undefined, undefined, undefined],
+      ["reconnecting", "rate_limited", 429, 40],
+      ["reconnecting", "unavailable", 503, 10],
+      ["closed", "refused", 403, undefined],
+    ],
+  );
+});
+
+test("without a WebSocket constructor passed in, the token goes in the bearer subprotocol", async () => {
+  const saved = globalThis.WebSocket;
+  globalThis.WebSocket = FakeWS;
+  try {
+    const c = new HeraldClient({ url: "ws://fake/ws", token: "a.b.c" });
+    clients.push(c);
+    c.connect();
+    assert.deepEqual(last().protocols, ["herald.v1", "bearer.a.b.c"]);
+    assert.equal(last().options, undefined);
+  } finally {
+    globalThis.WebSocket = saved;
+  }
+});
+
+test("unsubscribe while disconnected: nothing is sent, the next connection does not resubscribe", async () => {
+  const c = fake();
+  const a = c.subscribe("a", () => {});
+  c.subscribe("b", () => {});
+  await a.unsubscribe();
+  assert.equal(a.active, false);
+  await assert.rejects(a.ready, (e) => e.code === "closed");
+  c.connect();
+  last().open();
+  assert.deepEqual(
+    last().sent.map((m) => [m[0], m[2]]),
+    [[1, "b"]],
+  );
+  await sleep(1);
+});
+
+test("a throwing callback is reported as an error event, the stream goes on", async () => {
+  const c = fake();
+  const errors = [];
+  c.on("error", (e) => errors.push(e));
+  const seen = [];
+  const sub = c.subscribe("t", (p) => {
+    seen.push(p.seq);
+    if (p.seq === 1) throw new Error("boom");
+  });
+  c.connect();
+  const ws = last();
+  ws.open();
+  ws.push([17, ws.lastRequest(1)[1], { seq: 0, epoch: "e", recovered: false }]);
+  ws.push([16, "t", 1, new Uint8Array()]);
+  ws.push([16, "t", 2, new Uint8Array()]);
+  await sub.ready;
+  assert.deepEqual(seen, [1, 2]);
+  assert.equal(errors.length, 1);
+  assert.equal(errors[0].code, "callback");
+});
