@@ -43,6 +43,9 @@ async function bundle(entry) {
     write: false,
     absWorkingDir: webDir,
     nodePaths: [join(webDir, "node_modules")],
+    // one explicit TypeScript setting for every file, web/ and clients/ts alike
+    // (no tsconfig.json is read, so a change there cannot change the bundle)
+    tsconfigRaw: { compilerOptions: { strict: true, useDefineForClassFields: true, verbatimModuleSyntax: false } },
     plugins: [pinDeps],
     define: { "process.env.NODE_ENV": '"production"' },
     logLevel: "warning",
