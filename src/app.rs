@@ -16,6 +16,7 @@ use crate::broker::{Backend, Broker};
 use crate::config::Config;
 use crate::handler::Handler;
 use crate::http::limits::ConnLimits;
+use crate::http::site::DemoSite;
 use crate::http::Gate;
 use crate::hub::home::HomeSettings;
 use crate::hub::{self, Hub};
@@ -36,6 +37,15 @@ pub enum StartError {
     Thread(std::io::Error),
     #[error("cluster: {0}")]
     Broker(#[from] crate::broker::BrokerError),
+}
+
+/// How a gateway starts, beyond its config.
+#[derive(Debug, Default, Clone)]
+pub struct StartOptions {
+    /// Serve the demo page (`GET /`, `/demo.js`, `/demo/token`) on the
+    /// public listener, with tokens signed by `auth.hs256_secret`
+    /// (`herald --demo`).
+    pub demo_site: bool,
 }
 
 /// A running gateway. Dropping it without [`Server::shutdown`] stops it
@@ -62,6 +72,14 @@ impl Server {
     /// Binds everything and starts serving; returns once every listener is
     /// accepting, so a test can connect right away.
     pub fn start(config: Config, handler: Arc<dyn Handler>) -> Result<Server, StartError> {
+        Server::start_with(config, handler, StartOptions::default())
+    }
+
+    pub fn start_with(
+        config: Config,
+        handler: Arc<dyn Handler>,
+        options: StartOptions,
+    ) -> Result<Server, StartError> {
         let config = Arc::new(config);
         let prometheus = crate::metrics::install();
         let n = config.shard_count().max(1);
@@ -77,6 +95,8 @@ impl Server {
                 l.handshakes_per_s,
             ),
             draining: AtomicBool::new(false),
+            site: (options.demo_site && !config.auth.hs256_secret.is_empty())
+                .then(|| DemoSite::new(config.auth.hs256_secret.clone())),
         };
         let control = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -176,6 +196,7 @@ impl Server {
                 stop_ingest_rx,
             ));
             let api = Arc::new(Api::new(shared.clone(), hub.clone(), prometheus.clone()));
+            control.spawn(api::announce(api.clone(), stop_admin_rx.clone()));
             control.spawn(api::serve(admin_l, api, stop_admin_rx));
             let upkeep_shared = shared.clone();
             control.spawn(async move {

@@ -16,5 +16,5 @@ pub mod metrics;
 pub mod shard;
 pub mod wire;
 
-pub use app::{Server, StartError};
+pub use app::{Server, StartError, StartOptions};
 pub use handler::{Handler, LogHandler, Reject, SessionInfo, TransportError};

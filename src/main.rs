@@ -3,11 +3,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use clap::Parser;
 use herald::config::{Config, LogFormat};
-use herald::{demo, LogHandler, Server};
+use herald::{demo, LogHandler, Server, StartOptions};
 
 /// herald: a raw-WebSocket, high fan-out push gateway.
 ///
@@ -77,7 +76,11 @@ fn main() -> ExitCode {
     rt.block_on(async move {
         let secret = cfg.auth.hs256_secret.clone();
         let feed_token = cfg.ingest.tokens.first().cloned().unwrap_or_default();
-        let server = match Server::start(cfg, Arc::new(LogHandler)) {
+        let api_demo = cfg.api.keys.iter().any(|k| k == demo::API_KEY);
+        let options = StartOptions {
+            demo_site: cli.demo,
+        };
+        let server = match Server::start_with(cfg, Arc::new(LogHandler), options) {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(error = %e, "cannot start");
@@ -86,15 +89,16 @@ fn main() -> ExitCode {
             }
         };
         if cli.demo {
-            announce_demo(&server, &secret);
+            announce_demo(
+                &server,
+                &secret,
+                &feed_token,
+                api_demo.then_some(demo::API_KEY),
+                !cli.no_demo_feed,
+            );
         }
-        let feed = (cli.demo && !cli.no_demo_feed).then(|| {
-            tokio::spawn(demo::run_feed(
-                server.ingest_addr(),
-                feed_token,
-                Duration::from_millis(200),
-            ))
-        });
+        let feed = (cli.demo && !cli.no_demo_feed)
+            .then(|| tokio::spawn(demo::run_feed(server.ingest_addr(), feed_token)));
         wait_for_signal().await;
         if let Some(feed) = feed {
             feed.abort();
@@ -104,25 +108,67 @@ fn main() -> ExitCode {
     })
 }
 
-fn announce_demo(server: &Server, secret: &str) {
+fn announce_demo(
+    server: &Server,
+    secret: &str,
+    feed_token: &str,
+    api_key: Option<&str>,
+    feed: bool,
+) {
     let exp = herald::auth::token::now_unix() + 24 * 3600;
-    let token = herald::auth::token::mint_hs256(secret, "demo-user", exp, Some(&["demo.*"]), None);
-    let ws = server.ws_addr();
-    let host = if ws.ip().is_unspecified() {
-        format!("127.0.0.1:{}", ws.port())
-    } else {
-        ws.to_string()
+    let token = herald::auth::token::mint_hs256(
+        secret,
+        "demo-user",
+        exp,
+        Some(&["demo.*"]),
+        Some(&[demo::CHAT]),
+    );
+    let host = |a: std::net::SocketAddr| {
+        if a.ip().is_unspecified() {
+            format!("127.0.0.1:{}", a.port())
+        } else {
+            a.to_string()
+        }
     };
-    println!(
-        "herald demo: ticks every 200 ms on demo.BTC-USD, demo.ETH-USD, demo.SOL-USD, demo.EUR-USD"
+    let (ws, admin, ingest) = (
+        host(server.ws_addr()),
+        host(server.admin_addr()),
+        host(server.ingest_addr()),
     );
-    println!("watch them:  cargo run --release --example watch -- --url ws://{host}/ws --token {token} demo.BTC-USD demo.ETH-USD");
+    // Only the demo's own credentials are printed; a secret the config set
+    // stays out of the terminal.
+    let shown = |value: &str, demo_value: &str| {
+        if value == demo_value {
+            format!("\"{value}\"")
+        } else {
+            "(from your config)".to_owned()
+        }
+    };
+    println!("herald demo: never run --demo in production, its secrets are in the source");
+    println!("  page       http://{ws}/   (the public port is bound to {ws} in demo mode)");
+    let key = api_key.unwrap_or("<your API key>");
+    println!("  admin UI   http://{admin}/ui#key={key}");
+    if feed {
+        println!("  topics     demo.BTC-USD demo.ETH-USD demo.SOL-USD demo.EUR-USD every 200 ms, {} at 20 Hz; clients may publish to {}", demo::ROOM, demo::CHAT);
+    } else {
+        println!(
+            "  topics     none published here (--no-demo-feed); clients may publish to {}",
+            demo::CHAT
+        );
+    }
+    println!("  token      {token}");
     println!(
-        "stats:       curl -H 'Authorization: Bearer {}' http://{}/api/stats",
-        demo::API_KEY,
-        server.admin_addr()
+        "             user demo-user, topics demo.*, pub {}, 24 h, HS256 secret {}",
+        demo::CHAT,
+        shown(secret, demo::SECRET)
     );
-    println!("metrics:     curl http://{}/metrics", server.admin_addr());
+    println!("  watch      cargo run --release --example watch -- --url ws://{ws}/ws --token <token> demo.BTC-USD");
+    println!(
+        "  feeds      TCP ingest on {ingest}, feed token {}",
+        shown(feed_token, demo::FEED_TOKEN)
+    );
+    println!("  API        curl -H 'Authorization: Bearer {key}' http://{admin}/api/stats");
+    println!("  metrics    curl http://{admin}/metrics");
 }
 
 async fn wait_for_signal() {

@@ -292,3 +292,58 @@ async fn publications_in_flight_when_nats_dies_are_answered_with_their_true_outc
     assert!(unknown >= 1.0, "no publication was in flight at the crash");
     stop_all(nodes).await;
 }
+
+/// `/api/nodes` on any node lists every node of the cluster with its own
+/// stats (announced over NATS), and forgets a node that stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_lists_the_whole_cluster_in_api_nodes() {
+    let nats = NatsServer::start();
+    let mut nodes = cluster(&nats.url(), |_| {}).await;
+    let _a = ws_connect(nodes[1].ws(), &token_all("u")).await;
+    let _b = ws_connect(nodes[1].ws(), &token_all("v")).await;
+    let listed = |addr| async move {
+        let v = api(addr, "GET", "/api/nodes", Some(API_KEY), b"").await.json();
+        let mut out: Vec<(String, bool, u64)> = v["nodes"]
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .map(|n| {
+                (
+                    n["node"].as_str().unwrap_or_default().to_owned(),
+                    n["self"].as_bool().unwrap_or_default(),
+                    n["stats"]["connections"].as_u64().unwrap_or(u64::MAX),
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    };
+    let want = vec![
+        ("node-0".to_owned(), true, 0),
+        ("node-1".to_owned(), false, 2),
+        ("node-2".to_owned(), false, 0),
+    ];
+    let admin0 = nodes[0].admin();
+    assert!(
+        wait_until(Duration::from_secs(10), || async { listed(admin0).await == want }).await,
+        "node-0 sees all three: {:?}",
+        listed(admin0).await
+    );
+    let admin1 = nodes[1].admin();
+    let seen_by_1 = listed(admin1).await;
+    assert!(seen_by_1.contains(&("node-1".to_owned(), true, 2)), "{seen_by_1:?}");
+    assert_eq!(seen_by_1.len(), 3);
+
+    // A node that stops is gone from the list once its last announcement
+    // is older than the peer age limit.
+    let gone = nodes.pop().expect("node-2");
+    gone.stop().await;
+    assert!(
+        wait_until(Duration::from_secs(15), || async {
+            listed(admin0).await.iter().all(|n| n.0 != "node-2")
+        })
+        .await,
+        "a stopped node leaves the list"
+    );
+    stop_all(nodes).await;
+}

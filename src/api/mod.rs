@@ -20,9 +20,14 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::broker::Backend;
+use crate::http::site::asset;
 use crate::hub::{Hub, HubError};
 use crate::shard::Shared;
 use crate::wire::topic::is_valid_topic;
+
+static ADMIN_HTML: &[u8] = include_bytes!("../../web/dist/admin.html");
+static ADMIN_JS: &[u8] = include_bytes!("../../web/dist/admin.js");
 
 pub struct Api {
     pub shared: Arc<Shared>,
@@ -122,6 +127,10 @@ async fn route(api: &Api, req: Request<Incoming>) -> Response<Full<Bytes>> {
         ),
         (&Method::GET, "/readyz") => ("readyz", readyz(api)),
         (&Method::GET, "/metrics") => ("metrics", metrics(api)),
+        // The admin UI: static, and no key needed to load it (it asks for
+        // one and sends it with every `/api/` call it makes).
+        (&Method::GET, "/ui") => ("ui", asset(ADMIN_HTML, "text/html; charset=utf-8")),
+        (&Method::GET, "/ui/admin.js") => ("ui", asset(ADMIN_JS, "text/javascript; charset=utf-8")),
         (_, p) if p.starts_with("/api/") => {
             if !authorized(api, &req) {
                 (
@@ -152,7 +161,8 @@ async fn api_route(
     match (req.method(), path) {
         (&Method::POST, "/api/disconnect") => ("disconnect", disconnect(api, req).await),
         (&Method::GET, "/api/stats") => ("stats", stats(api)),
-        (_, "/api/disconnect") | (_, "/api/stats") => (
+        (&Method::GET, "/api/nodes") => ("nodes", nodes(api)),
+        (_, "/api/disconnect") | (_, "/api/stats") | (_, "/api/nodes") => (
             "other",
             error(StatusCode::METHOD_NOT_ALLOWED, "wrong method"),
         ),
@@ -241,6 +251,55 @@ async fn disconnect(api: &Api, req: Request<Incoming>) -> Response<Full<Bytes>> 
 }
 
 fn stats(api: &Api) -> Response<Full<Bytes>> {
+    json_response(StatusCode::OK, stats_json(api))
+}
+
+/// Every node's stats: this one's, and in cluster mode the others' as they
+/// last announced them (every [`ANNOUNCE_EVERY`]; one that has not for
+/// [`PEER_MAX_AGE`] has left).
+fn nodes(api: &Api) -> Response<Full<Bytes>> {
+    let me = api.hub.backend().info();
+    let node = if me.node_id.is_empty() {
+        api.shared.config.cluster.node_id()
+    } else {
+        me.node_id
+    };
+    let mut nodes =
+        vec![json!({"node": node, "self": true, "age_ms": 0, "stats": stats_json(api)})];
+    if let Backend::Cluster(b) = api.hub.backend() {
+        for p in b.peers(PEER_MAX_AGE) {
+            // Another node's document, passed on as it came; one that does
+            // not parse is shown as null rather than hiding the node.
+            let stats: serde_json::Value =
+                serde_json::from_slice(&p.stats).unwrap_or(serde_json::Value::Null);
+            nodes.push(json!({
+                "node": p.node_id, "self": false,
+                "age_ms": p.age.as_millis() as u64, "stats": stats,
+            }));
+        }
+    }
+    json_response(StatusCode::OK, json!({ "nodes": nodes }))
+}
+
+pub const ANNOUNCE_EVERY: Duration = Duration::from_secs(2);
+pub const PEER_MAX_AGE: Duration = Duration::from_secs(10);
+
+/// Cluster mode: tells the other nodes this node's stats every
+/// [`ANNOUNCE_EVERY`], for their `/api/nodes`.
+pub async fn announce(api: Arc<Api>, mut stop: watch::Receiver<bool>) {
+    let Backend::Cluster(broker) = api.hub.backend().clone() else {
+        return;
+    };
+    let mut iv = tokio::time::interval(ANNOUNCE_EVERY);
+    loop {
+        tokio::select! {
+            _ = iv.tick() => broker.announce(Bytes::from(stats_json(&api).to_string())),
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+fn stats_json(api: &Api) -> serde_json::Value {
     let mut shards = Vec::new();
     let (mut conns, mut subs, mut topics, mut delivered, mut published) = (0, 0, 0, 0, 0);
     let homes = api.hub.home_stats();
@@ -275,9 +334,7 @@ fn stats(api: &Api) -> Response<Full<Bytes>> {
         }
         (r.delivered_per_s, r.published_per_s)
     };
-    json_response(
-        StatusCode::OK,
-        json!({
+    json!({
             "connections": conns,
             "subscriptions": subs,
             "topics": topics,
@@ -288,8 +345,7 @@ fn stats(api: &Api) -> Response<Full<Bytes>> {
             "broker": api.hub.backend().info(),
             "uptime_s": api.started.elapsed().as_secs(),
             "shards": shards,
-        }),
-    )
+    })
 }
 
 fn readyz(api: &Api) -> Response<Full<Bytes>> {

@@ -162,6 +162,20 @@ pub trait Broker: Send + Sync + 'static {
     fn max_record_bytes(&self) -> usize;
     /// A short name for logs and `/api/stats`.
     fn describe(&self) -> BrokerInfo;
+    /// Shares this node's stats (the `/api/stats` document) with the other
+    /// nodes; best effort, nothing waits for it.
+    fn announce(&self, stats: Bytes);
+    /// The newest stats every other node announced within `max_age`
+    /// (a node that stopped announcing has left), by node id.
+    fn peers(&self, max_age: std::time::Duration) -> Vec<Peer>;
+}
+
+/// Another node, as it last described itself.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub node_id: String,
+    pub age: std::time::Duration,
+    pub stats: Bytes,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]

@@ -35,7 +35,7 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
 use super::{codec, new_epoch, Appended, Broker, BrokerError, BrokerInfo, Event, Fetched};
-use super::{Record, Tail};
+use super::{Peer, Record, Tail};
 use crate::wire::topic::partition;
 
 const H_EPOCH: &str = "Herald-Epoch";
@@ -116,6 +116,8 @@ struct Inner {
     batches: AtomicU64,
     rt: tokio::runtime::Handle,
     metrics: crate::metrics::BrokerMetrics,
+    /// Node id → (when, stats) of the other nodes' announcements.
+    peers: Mutex<HashMap<String, (std::time::Instant, Bytes)>>,
 }
 
 impl NatsBroker {
@@ -193,6 +195,7 @@ impl NatsBroker {
             batches: AtomicU64::new(0),
             rt: tokio::runtime::Handle::current(),
             metrics: crate::metrics::BrokerMetrics::new(),
+            peers: Mutex::new(HashMap::new()),
         });
         let _ = slot.set(Arc::downgrade(&inner));
         if inner.client.connection_state() == async_nats::connection::State::Connected {
@@ -204,11 +207,55 @@ impl NatsBroker {
             let i = inner.clone();
             inner.rt.spawn(async move { i.follow_all().await });
         }
+        {
+            let i = inner.clone();
+            inner.rt.spawn(async move { i.track_peers().await });
+        }
         Ok((NatsBroker { inner }, receivers))
     }
 }
 
 impl Inner {
+    /// Where nodes announce their stats: plain NATS, no stream (a stale
+    /// announcement is worth nothing).
+    fn nodes_subject(&self) -> String {
+        format!("herald.{}.nodes", self.settings.cluster)
+    }
+
+    /// Keeps the newest announcement of every other node. The client
+    /// subscribes again by itself after a reconnect.
+    async fn track_peers(self: Arc<Self>) {
+        let mut sub = loop {
+            match self.client.subscribe(self.nodes_subject()).await {
+                Ok(s) => break s,
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot subscribe to node announcements; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        };
+        while let Some(msg) = sub.next().await {
+            let Some(node) = msg
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(H_NODE))
+                .map(|v| v.as_str().to_owned())
+            else {
+                continue;
+            };
+            if node == self.settings.node_id || node.is_empty() || node.len() > 64 {
+                continue;
+            }
+            let mut peers = self.peers.lock();
+            // A peer id is whatever a NATS publisher sent: keep the map
+            // bounded even if someone floods the subject.
+            if peers.len() >= 1024 && !peers.contains_key(&node) {
+                continue;
+            }
+            peers.insert(node, (std::time::Instant::now(), msg.payload));
+        }
+    }
+
     async fn on_event(self: &Arc<Self>, event: async_nats::Event) {
         match event {
             async_nats::Event::Connected => {
@@ -740,6 +787,40 @@ impl Broker for NatsBroker {
             }
             i.emit(part, Event::Opened { topic, result }).await;
         });
+    }
+
+    fn announce(&self, stats: Bytes) {
+        if !self.inner.connected() {
+            return;
+        }
+        let i = self.inner.clone();
+        self.inner.rt.spawn(async move {
+            let mut headers = HeaderMap::new();
+            headers.insert(H_NODE, i.settings.node_id.as_str());
+            if let Err(e) = i
+                .client
+                .publish_with_headers(i.nodes_subject(), headers, stats)
+                .await
+            {
+                tracing::debug!(error = %e, "cannot announce this node's stats");
+            }
+        });
+    }
+
+    fn peers(&self, max_age: Duration) -> Vec<Peer> {
+        let now = std::time::Instant::now();
+        let mut peers = self.inner.peers.lock();
+        peers.retain(|_, (at, _)| now.duration_since(*at) <= max_age);
+        let mut out: Vec<Peer> = peers
+            .iter()
+            .map(|(node, (at, stats))| Peer {
+                node_id: node.clone(),
+                age: now.duration_since(*at),
+                stats: stats.clone(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        out
     }
 
     fn close(&self, _part: usize, topic: Arc<str>) {

@@ -1,8 +1,10 @@
 //! The public listener's HTTP side: binding, and the checks a WebSocket
-//! upgrade request must pass *before* any 101 is sent. The only module that
-//! names hyper on the WebSocket port.
+//! upgrade request must pass *before* any 101 is sent; with `--demo`, the
+//! demo page (`site`). The only module that names hyper on the WebSocket
+//! port.
 
 pub mod limits;
+pub mod site;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,6 +29,8 @@ pub struct Gate {
     pub allow_query_token: bool,
     pub limits: Arc<ConnLimits>,
     pub draining: AtomicBool,
+    /// The demo page, served beside `/ws` (only with `--demo`).
+    pub site: Option<site::DemoSite>,
 }
 
 /// A request that passed every check; the connection keeps `permit`.

@@ -848,6 +848,11 @@ fn on_request(
     peer: SocketAddr,
     started: Instant,
 ) -> hyper::Response<Full<Bytes>> {
+    if req.uri().path() != "/ws" {
+        if let Some(page) = shard.shared.gate.site.as_ref().and_then(|s| s.serve(&req)) {
+            return page;
+        }
+    }
     let accepted = match shard.shared.gate.check(&req, peer) {
         Ok(a) => a,
         Err(rej) => {

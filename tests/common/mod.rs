@@ -104,9 +104,17 @@ pub fn start_with_handler(
     tweak: impl FnOnce(&mut Config),
     handler: Arc<dyn Handler>,
 ) -> TestServer {
+    start_with_options(tweak, handler, herald::StartOptions::default())
+}
+
+pub fn start_with_options(
+    tweak: impl FnOnce(&mut Config),
+    handler: Arc<dyn Handler>,
+    options: herald::StartOptions,
+) -> TestServer {
     let mut cfg = base_config();
     tweak(&mut cfg);
-    let server = Server::start(cfg, handler).expect("server starts");
+    let server = Server::start_with(cfg, handler, options).expect("server starts");
     TestServer {
         inner: Some(server),
     }
