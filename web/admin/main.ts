@@ -2,7 +2,8 @@
 // second and draws what it sees. The API key is asked once (or taken from the
 // URL fragment #key=..., which is never sent to a server) and kept in this
 // tab's sessionStorage.
-import { timeChart, PALETTE, Series, compact } from "../shared/chart";
+import { timeChart, PALETTE, type Series } from "../shared/chart";
+import { parseProm, quantile, type Sample } from "../shared/prom";
 
 interface Shard {
   shard: number; connections: number; subscriptions: number; topics: number;
@@ -69,26 +70,7 @@ async function api(path: string, init: RequestInit = {}, auth = true): Promise<R
   }
 }
 
-// ---------- Prometheus text ----------
-
-interface Sample { name: string; labels: Record<string, string>; value: number }
-export function parseProm(text: string): Sample[] {
-  const out: Sample[] = [];
-  for (const line of text.split("\n")) {
-    if (!line || line[0] === "#") continue;
-    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)/.exec(line);
-    if (!m) continue;
-    const labels: Record<string, string> = {};
-    if (m[2]) {
-      const re = /([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g;
-      let l: RegExpExecArray | null;
-      while ((l = re.exec(m[2]))) labels[l[1]] = l[2].replace(/\\(.)/g, (_, c) => (c === "n" ? "\n" : c));
-    }
-    const v = m[3] === "+Inf" ? Infinity : m[3] === "-Inf" ? -Infinity : Number(m[3]);
-    out.push({ name: m[1], labels, value: v });
-  }
-  return out;
-}
+// ---------- metrics ----------
 
 interface MetricsView {
   buckets: Map<number, number>; // le -> cumulative count
@@ -117,26 +99,6 @@ function viewOf(samples: Sample[]): MetricsView {
     }
   }
   return v;
-}
-
-/** Quantile q of the observations between two snapshots of a cumulative histogram (linear within a bucket, as Prometheus does). */
-export function quantile(prev: Map<number, number> | null, cur: Map<number, number>, q: number): number | null {
-  const les = [...cur.keys()].sort((a, b) => a - b);
-  const d = les.map((le) => Math.max(0, (cur.get(le) ?? 0) - (prev?.get(le) ?? 0)));
-  const total = d[d.length - 1];
-  if (!total) return null;
-  const rank = q * total;
-  for (let i = 0; i < les.length; i++) {
-    if (d[i] >= rank) {
-      const lo = i === 0 ? 0 : les[i - 1];
-      const hi = les[i];
-      if (hi === Infinity) return lo; // beyond the last finite bucket: its bound is all we know
-      const below = i === 0 ? 0 : d[i - 1];
-      const inBucket = d[i] - below;
-      return inBucket > 0 ? lo + ((hi - lo) * (rank - below)) / inBucket : hi;
-    }
-  }
-  return null;
 }
 
 const CLOSE_MEANING: Record<string, string> = {

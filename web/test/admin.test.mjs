@@ -121,3 +121,38 @@ test("a wrong key gets a clear message", async () => {
     await p.close();
   }
 });
+
+test("a cluster's nodes are listed with their shards (answers of /api/nodes stubbed in the browser)", async () => {
+  const p = await browser.page();
+  const stats = (conns, node) => ({
+    connections: conns, subscriptions: conns * 2, topics: 5, published: 100, delivered: 1000,
+    rates: { published_per_s: 10, delivered_per_s: conns * 10 }, draining: node === "n3", uptime_s: 60,
+    broker: { kind: "nats", node_id: node, connected: node !== "n2" },
+    shards: [0, 1].map((s) => ({ shard: s, connections: conns / 2, subscriptions: conns, topics: 3, local_topics: 2, delivered: 500, published: 50 })),
+  });
+  try {
+    await p.route("**/api/nodes", (route) => route.fulfill({
+      status: 200,
+      contentType: "application/json",
+      body: JSON.stringify({ nodes: [
+        { node: "n1", self: true, age_ms: 0, stats: stats(10, "n1") },
+        { node: "n2", self: false, age_ms: 800, stats: stats(20, "n2") },
+        { node: "n3", self: false, age_ms: 1200, stats: stats(30, "n3") },
+      ] }),
+    }));
+    await p.goto(`${dev ? dev.url : gw.admin}/ui#key=${API_KEY}`, { timeout: 10000 });
+    await until("three node rows", async () => (await p.$$("#nodes-table tbody tr")).length === 3, 5000);
+    assert.equal((await p.textContent("#total-connections")).trim(), "60");
+    assert.match(await p.textContent("#node-label"), /node n1 · cluster of 3/);
+    const rows = await p.$$eval("#nodes-table tbody tr", (trs) => trs.map((tr) => [...tr.cells].map((c) => c.textContent)));
+    assert.deepEqual(rows.map((r) => r[0]), ["n1 (this)", "n2", "n3"]);
+    assert.equal(rows[1][1], "0.8 s");
+    assert.equal(rows[1][7], "nats DOWN");
+    assert.equal(rows[2][8], "draining");
+    const shards = await p.$$eval("#shards-table tbody tr", (trs) => trs.map((tr) => tr.dataset.shard));
+    assert.deepEqual(shards, ["n1/0", "n1/1", "n2/0", "n2/1", "n3/0", "n3/1"]);
+    assert.deepEqual(p.consoleErrors, []);
+  } finally {
+    await p.close();
+  }
+});
