@@ -284,6 +284,7 @@ client.on("state", (s: StateEvent) => {
 
 
 function onGap(g: Gap): void {
+  if (g.topic === ROOM) trails.clear(); // the room started over: old positions would draw a jump
   const where = `${g.topic}: `;
   const span = ` (had #${g.lastSeq}, goes on from #${g.seq})`;
   switch (g.reason) {
