@@ -19,13 +19,13 @@ after(async () => {
 
 test("a dropped connection recovers: every seq 1..N exactly once, no gap", async () => {
   const tracked = await trackedWebSocket();
-  // random() = 1: every backoff wait is its whole window (base 400 ms), so
+  // random() = 1: every backoff wait is its whole window (base 1500 ms), so
   // the publications below land while the client is away.
   const c = new HeraldClient({
     url: h.wsUrl,
     WebSocket: tracked.WebSocket,
     token: mintToken({ sub: "rec" }),
-    backoff: { baseMs: 400, maxMs: 400 },
+    backoff: { baseMs: 1500, maxMs: 1500 },
     random: () => 1,
   });
   clients.push(c);
@@ -59,7 +59,7 @@ test("a dropped connection recovers: every seq 1..N exactly once, no gap", async
     [
       ["connecting", undefined, undefined],
       ["open", undefined, undefined],
-      ["reconnecting", "connection_lost", 400],
+      ["reconnecting", "connection_lost", 1500],
       ["open", undefined, undefined],
     ],
   );
