@@ -103,6 +103,7 @@ const trails = new Map<string, Array<[number, number]>>();
 const roomTimes: number[] = [];
 let lastRoom: { tick: number; ts_ms?: number; players: Player[] } | null = null;
 let lastRoomAt = 0;
+const roomDelays: number[] = [];
 
 function onRoom(data: Uint8Array): void {
   let msg: { tick: number; ts_ms?: number; players: Player[] };
@@ -114,6 +115,10 @@ function onRoom(data: Uint8Array): void {
   while (roomTimes.length && roomTimes[0] < now - 2000) roomTimes.shift();
   lastRoom = msg;
   lastRoomAt = now;
+  if (typeof msg.ts_ms === "number") {
+    roomDelays.push(Date.now() - msg.ts_ms);
+    if (roomDelays.length > 40) roomDelays.shift();
+  }
   for (const p of msg.players) {
     let t = trails.get(p.id);
     if (!t) trails.set(p.id, (t = []));
@@ -349,6 +354,10 @@ setInterval(() => {
   rateEl.textContent = rate ? `${rate.toFixed(1)} Hz` : "–";
   rateEl.dataset.hz = rate.toFixed(2);
   $("room-age").textContent = lastRoomAt ? `${Math.round(performance.now() - lastRoomAt)} ms` : "–";
+  if (roomDelays.length) {
+    const sorted = [...roomDelays].sort((a, b) => a - b);
+    $("room-delay").textContent = `${sorted[Math.floor(sorted.length / 2)]} ms`;
+  }
 }, 100);
 
 window.addEventListener("resize", drawRoom);
