@@ -675,7 +675,10 @@ class HeraldClient:
             try:
                 async for msg in ws:
                     if isinstance(msg, (bytes, bytearray)):
-                        self._dispatch(bytes(msg))
+                        try:
+                            self._dispatch(bytes(msg))
+                        except Exception:  # never let one message end the connection loop
+                            log.exception("herald_client: failed to handle a gateway message")
             except ConnectionClosed:
                 pass
         finally:
