@@ -514,8 +514,9 @@ class HeraldClient:
 
     async def close(self) -> None:
         """Close the connection (code 1000) and end the client: state
-        ``closed`` with reason ``client``; every subscription ends and
-        every pending request fails with :class:`ClientClosed`."""
+        ``closed`` with reason ``client``; every subscription ends (after
+        what it already buffered) and every pending request fails with
+        :class:`ClientClosed`."""
         if self._state == CLOSED:
             return
         self._closing = True
@@ -553,9 +554,10 @@ class HeraldClient:
                 p.future.set_exception(err)
                 p.future.exception()
         self._pending.clear()
-        app_asked = reason == "client"
+        # what is buffered is still handed out; then the iteration ends
+        # (close() by the app) or raises the reason
         for sub in list(self._subs.values()):
-            sub._end(None if app_asked else err, discard=app_asked)
+            sub._end(None if reason == "client" else err, discard=False)
         self._subs.clear()
         self._set_state(StateEvent(CLOSED, reason, code=code, status=status))
         if self._done_event is not None:
