@@ -1,6 +1,7 @@
 // The admin UI in a real browser, served by the gateway at /ui on its admin port.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
 import { Gateway, RawClient, launchBrowser, mintToken, until, API_KEY } from "./harness.mjs";
 
 let gw, browser, page, dev;
@@ -23,6 +24,12 @@ after(async () => {
   await browser?.close();
   dev?.close();
   await gw?.stop();
+});
+
+test("the gateway serves the committed web/dist", { skip: !!process.env.HERALD_WEB_DEV && "HERALD_WEB_DEV: pages come from the Node front" }, async () => {
+  const get = async (path) => Buffer.from(await (await fetch(`${gw.admin}${path}`, { signal: AbortSignal.timeout(5000) })).arrayBuffer());
+  assert.ok((await get("/ui")).equals(readFileSync(new URL("../dist/admin.html", import.meta.url))), "/ui is web/dist/admin.html: rebuild the gateway after npm run build");
+  assert.ok((await get("/ui/admin.js")).equals(readFileSync(new URL("../dist/admin.js", import.meta.url))), "/ui/admin.js is web/dist/admin.js: rebuild the gateway after npm run build");
 });
 
 test("the key from the fragment is used and removed from the URL; live numbers appear", async () => {

@@ -1,6 +1,7 @@
 // The demo page in a real browser, served by the gateway (`herald --demo`) at /.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
 import { execFileSync } from "node:child_process";
 import { Gateway, RawClient, launchBrowser, mintToken, until, sleep } from "./harness.mjs";
 
@@ -35,6 +36,12 @@ after(async () => {
 });
 
 const text = (sel) => page.textContent(sel).then((t) => (t ?? "").trim());
+
+test("the gateway serves the committed web/dist", { skip: !!process.env.HERALD_WEB_DEV && "HERALD_WEB_DEV: pages come from the Node front" }, async () => {
+  const get = async (path) => Buffer.from(await (await fetch(`${gw.origin}${path}`, { signal: AbortSignal.timeout(5000) })).arrayBuffer());
+  assert.ok((await get("/")).equals(readFileSync(new URL("../dist/demo.html", import.meta.url))), "/ is web/dist/demo.html: rebuild the gateway after npm run build");
+  assert.ok((await get("/demo.js")).equals(readFileSync(new URL("../dist/demo.js", import.meta.url))), "/demo.js is web/dist/demo.js: rebuild the gateway after npm run build");
+});
 
 test("the page connects and shows ticks changing", async () => {
   await until("state open", async () => (await page.getAttribute("#conn-state", "data-state")) === "open", 10000);
