@@ -302,7 +302,9 @@ async fn every_node_lists_the_whole_cluster_in_api_nodes() {
     let _a = ws_connect(nodes[1].ws(), &token_all("u")).await;
     let _b = ws_connect(nodes[1].ws(), &token_all("v")).await;
     let listed = |addr| async move {
-        let v = api(addr, "GET", "/api/nodes", Some(API_KEY), b"").await.json();
+        let v = api(addr, "GET", "/api/nodes", Some(API_KEY), b"")
+            .await
+            .json();
         let mut out: Vec<(String, bool, u64)> = v["nodes"]
             .as_array()
             .expect("nodes")
@@ -325,13 +327,19 @@ async fn every_node_lists_the_whole_cluster_in_api_nodes() {
     ];
     let admin0 = nodes[0].admin();
     assert!(
-        wait_until(Duration::from_secs(10), || async { listed(admin0).await == want }).await,
+        wait_until(Duration::from_secs(10), || async {
+            listed(admin0).await == want
+        })
+        .await,
         "node-0 sees all three: {:?}",
         listed(admin0).await
     );
     let admin1 = nodes[1].admin();
     let seen_by_1 = listed(admin1).await;
-    assert!(seen_by_1.contains(&("node-1".to_owned(), true, 2)), "{seen_by_1:?}");
+    assert!(
+        seen_by_1.contains(&("node-1".to_owned(), true, 2)),
+        "{seen_by_1:?}"
+    );
     assert_eq!(seen_by_1.len(), 3);
 
     // A node that stops is gone from the list once its last announcement

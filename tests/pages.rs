@@ -72,7 +72,11 @@ async fn the_demo_page_and_its_tokens_are_served_beside_the_websocket() {
 async fn without_demo_the_public_port_serves_only_the_websocket() {
     let s = start(|_| {});
     for path in ["/", "/demo.js", "/demo/token"] {
-        assert_eq!(api(s.ws(), "GET", path, None, b"").await.status, 404, "{path}");
+        assert_eq!(
+            api(s.ws(), "GET", path, None, b"").await.status,
+            404,
+            "{path}"
+        );
     }
     s.stop().await;
 }
