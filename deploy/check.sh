@@ -11,8 +11,8 @@
 #    panels, Kubernetes selectors, ports, config references, probes and
 #    grace periods.
 # 2. herald --check-config on deploy/herald.toml (also with its commented
-#    [cluster] section switched on), the ConfigMap's herald.toml and the
-#    systemd cluster.env; nats-server -t on both nats.conf files;
+#    [cluster] section switched on), the ConfigMap's herald.toml, the
+#    systemd cluster.env and each compose node's environment; nats-server -t on both nats.conf files;
 #    systemd-analyze verify on the units (where systemd-analyze exists).
 # 3. Starts nats-server (JetStream) and one release herald node in cluster
 #    mode on free ports below the ephemeral range, drives a little traffic
@@ -352,6 +352,19 @@ check_config "k8s ConfigMap herald.toml" "$WORK/k8s-herald.toml" \
     HERALD_CLUSTER__NATS_URL=nats://nats:4222 HERALD_CLUSTER__NODE_ID=herald-7c9d5b-x2k4q
 mapfile -t cluster_env < <(grep -E '^[A-Z_]+=' deploy/systemd/cluster.env)
 check_config "systemd cluster.env" deploy/herald.toml "${cluster_env[@]}"
+# Each compose node: the file it mounts with the environment it sets (the
+# secret, feed tokens, API keys, the local Origin allow-list, cluster keys).
+for svc in herald-1 herald-2 herald-3; do
+    mapfile -t compose_env < <(python3 - "$svc" <<'PY'
+import sys, yaml
+svc = yaml.safe_load(open("deploy/docker-compose.yml"))["services"][sys.argv[1]]
+for k, v in (svc.get("environment") or {}).items():
+    print(f"{k}={v}")
+PY
+)
+    ((${#compose_env[@]})) || die "docker-compose.yml: $svc sets no environment"
+    check_config "docker-compose $svc" deploy/herald.toml "${compose_env[@]}"
+done
 
 sed "s#/var/lib/nats-server#$WORK/nats-systemd-store#" deploy/systemd/nats-server.conf >"$WORK/systemd-nats.conf"
 for f in k8s-nats.conf systemd-nats.conf; do
