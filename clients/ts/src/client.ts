@@ -494,11 +494,11 @@ export class HeraldClient extends Emitter<ClientEvents> {
 
   private unsubscribeSub(sub: Subscription): Promise<void> {
     if (this.subs.get(sub.topic) !== sub) {
-      sub._end();
+      sub._end(undefined, true);
       return Promise.resolve();
     }
     this.subs.delete(sub.topic);
-    sub._end();
+    sub._end(undefined, true);
     if (this.stateValue !== "open" || !this.ws) return Promise.resolve(); // nothing to tell: the next connection won't have it
     const id = this.nextId();
     return new Promise<void>((resolve) => {

@@ -138,9 +138,15 @@ test("since/epoch given by the app: recovered → no gap; epoch gone → epoch_c
   );
   ws.push([17, reqs[0][1], { seq: 12, epoch: "old", recovered: true }]);
   ws.push([17, reqs[1][1], { seq: 2, epoch: "new", recovered: false }]);
-  assert.deepEqual(gaps, [{ topic: "b", reason: "epoch_changed", lastSeq: 10, seq: 3, epoch: "new" }]);
   assert.equal(a.lastSeq, 10);
   assert.equal(b.lastSeq, 2);
+  // b is iterated: its gap comes when the reader gets there (at once, nothing is buffered before it).
+  assert.deepEqual(gaps, []);
+  const it = b[Symbol.asyncIterator]();
+  const next = it.next();
+  assert.deepEqual(gaps, [{ topic: "b", reason: "epoch_changed", lastSeq: 10, seq: 3, epoch: "new" }]);
+  ws.push([16, "b", 3, new Uint8Array([3])]);
+  assert.equal((await next).value.seq, 3);
 });
 
 test("no reply to the heartbeat PING: the connection counts as lost", async () => {
