@@ -162,7 +162,8 @@ export class HeraldClient extends Emitter<ClientEvents> {
 
   private reconnectTimer: ReturnType<typeof setTimeout> | undefined;
   private refreshTimer: ReturnType<typeof setTimeout> | undefined;
-  private heartbeatTimer: ReturnType<typeof setInterval> | undefined;
+  private heartbeatTimer: ReturnType<typeof setTimeout> | undefined;
+  private openTimer: ReturnType<typeof setTimeout> | undefined;
 
   private readonly host: SubscriptionHost = {
     unsubscribe: (sub) => this.unsubscribeSub(sub),
@@ -289,6 +290,12 @@ export class HeraldClient extends Emitter<ClientEvents> {
     this.ws = ws;
     ws.binaryType = "arraybuffer";
     let status: number | undefined;
+    // An upgrade that gets no answer (a peer that accepted TCP and hangs)
+    // counts as a lost connection, like Python's open_timeout.
+    this.openTimer = setTimeout(() => {
+      this.openTimer = undefined;
+      if (gen === this.gen && this.stateValue !== "open") this.connectionEnded({ kind: "lost" });
+    }, this.requestTimeoutMs);
     ws.onopen = () => {
       if (gen === this.gen) this.onOpen();
     };
@@ -314,6 +321,8 @@ export class HeraldClient extends Emitter<ClientEvents> {
   }
 
   private onOpen(): void {
+    if (this.openTimer !== undefined) clearTimeout(this.openTimer);
+    this.openTimer = undefined;
     this.openedAt = Date.now();
     this.lastInbound = this.openedAt;
     this.previous401s = 0;
@@ -328,7 +337,7 @@ export class HeraldClient extends Emitter<ClientEvents> {
   private connectionEnded(end: EndEvent): void {
     const wasOpen = this.stateValue === "open";
     const openMs = wasOpen ? Date.now() - this.openedAt : 0;
-    this.dropConnection(end.kind === "lost");
+    this.dropConnection(end.kind === "lost", "connection_lost");
     const { decision, delayMs, nextAttempt } = plan(
       end,
       { hasGetToken: !!this.getToken, previous401s: this.previous401s, attempt: this.attempt, openMs },
@@ -353,8 +362,13 @@ export class HeraldClient extends Emitter<ClientEvents> {
     this.reconnectTimer = setTimeout(() => void this.startAttempt(token), delayMs);
   }
 
-  /** Forgets the current socket and everything tied to it. */
-  private dropConnection(abrupt: boolean): void {
+  /**
+   * Forgets the current socket and everything tied to it. PUBLISH and PING
+   * waiting for their reply fail with `failWith`: `connection_lost` (they
+   * may or may not have been served), or `closed` when the app closed the
+   * client.
+   */
+  private dropConnection(abrupt: boolean, failWith: "connection_lost" | "closed"): void {
     this.gen++;
     const ws = this.ws;
     this.ws = undefined;
@@ -373,6 +387,7 @@ export class HeraldClient extends Emitter<ClientEvents> {
       if (p.kind === "subscribe") continue; // the subscription is sent again on the next connection
       clearTimeout(p.timer);
       if (p.kind === "unsubscribe") p.resolve();
+      else if (failWith === "closed") p.reject(new HeraldError("closed", `the client was closed before the ${p.kind} reply`));
       else p.reject(new HeraldError("connection_lost", `the connection ended before the ${p.kind} reply`));
     }
     for (const sub of this.subs.values()) sub._connectionLost();
@@ -381,7 +396,7 @@ export class HeraldClient extends Emitter<ClientEvents> {
   private terminate(reason: ClosedReason, detail: { code?: number; status?: number } = {}): void {
     if (this.reconnectTimer !== undefined) clearTimeout(this.reconnectTimer);
     this.reconnectTimer = undefined;
-    this.dropConnection(false);
+    this.dropConnection(false, reason === "client" ? "closed" : "connection_lost");
     this.stateValue = "closed";
     const err = new HeraldError(reason === "client" ? "closed" : reason, CLOSED_MESSAGES[reason]);
     const subs = [...this.subs.values()];
@@ -393,9 +408,11 @@ export class HeraldClient extends Emitter<ClientEvents> {
 
   private stopConnectionTimers(): void {
     if (this.refreshTimer !== undefined) clearTimeout(this.refreshTimer);
-    if (this.heartbeatTimer !== undefined) clearInterval(this.heartbeatTimer);
+    if (this.heartbeatTimer !== undefined) clearTimeout(this.heartbeatTimer);
+    if (this.openTimer !== undefined) clearTimeout(this.openTimer);
     this.refreshTimer = undefined;
     this.heartbeatTimer = undefined;
+    this.openTimer = undefined;
     this.heartbeatInFlight = false;
   }
 
@@ -568,24 +585,37 @@ export class HeraldClient extends Emitter<ClientEvents> {
 
   // ---- heartbeat ----
 
+  /**
+   * A PING once nothing came from the gateway for `heartbeatMs`; no reply
+   * within `requestTimeoutMs` ends the connection as lost.
+   */
   private startHeartbeat(): void {
     if (this.heartbeatMs <= 0) return;
     const gen = this.gen;
-    this.heartbeatTimer = setInterval(() => {
+    const check = () => {
+      this.heartbeatTimer = undefined;
       if (gen !== this.gen || this.stateValue !== "open" || this.heartbeatInFlight) return;
-      if (Date.now() - this.lastInbound < this.heartbeatMs) return;
+      const quietMs = Date.now() - this.lastInbound;
+      if (quietMs < this.heartbeatMs) {
+        this.heartbeatTimer = setTimeout(check, this.heartbeatMs - quietMs);
+        return;
+      }
       this.heartbeatInFlight = true;
       this.request("ping", (id) => encodePing(id)).then(
         () => {
-          if (gen === this.gen) this.heartbeatInFlight = false;
+          if (gen !== this.gen) return;
+          this.heartbeatInFlight = false;
+          check();
         },
         (e: HeraldError) => {
           if (gen !== this.gen) return;
           this.heartbeatInFlight = false;
           if (e.code === "timeout") this.connectionEnded({ kind: "lost" });
+          else check();
         },
       );
-    }, Math.max(100, Math.floor(this.heartbeatMs / 2)));
+    };
+    this.heartbeatTimer = setTimeout(check, this.heartbeatMs);
   }
 
   // ---- events ----

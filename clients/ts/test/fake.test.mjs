@@ -4,7 +4,7 @@ import { decode, encode } from "@msgpack/msgpack";
 import assert from "node:assert/strict";
 import { afterEach, test } from "node:test";
 import { HeraldClient, HeraldError } from "../dist/index.js";
-import { sleep, waitFor } from "./harness.mjs";
+import { recordStates, sleep, waitFor } from "./harness.mjs";
 
 class FakeWS {
   static all = [];
@@ -270,4 +270,65 @@ test("a throwing callback is reported as an error event, the stream goes on", as
   assert.deepEqual(seen, [1, 2]);
   assert.equal(errors.length, 1);
   assert.equal(errors[0].code, "callback");
+});
+
+test("close() while a PUBLISH and a PING wait: they fail with closed; a dropped connection fails them with connection_lost", async () => {
+  const c = fake({ heartbeatMs: 0 });
+  c.connect();
+  last().open();
+  const pub = c.publish("t", new Uint8Array([1]));
+  const ping = c.ping();
+  c.close();
+  await assert.rejects(pub, (e) => e instanceof HeraldError && e.code === "closed");
+  await assert.rejects(ping, (e) => e instanceof HeraldError && e.code === "closed");
+
+  const d = fake({ heartbeatMs: 0 });
+  d.connect();
+  last().open();
+  const pub2 = d.publish("t", new Uint8Array([1]));
+  last().serverClose(1001);
+  await assert.rejects(pub2, (e) => e.code === "connection_lost");
+});
+
+test("heartbeat: a PING once the connection was quiet for heartbeatMs (30 s); no answer within 10 s is a lost connection", async (t) => {
+  t.mock.timers.enable({ apis: ["setTimeout", "setInterval", "Date"], now: 1_000_000 });
+  const flush = () => new Promise((r) => setImmediate(r));
+  const c = fake({ backoff: { baseMs: 60_000, maxMs: 60_000 } }); // the defaults: heartbeatMs 30 s, requestTimeoutMs 10 s
+  const states = recordStates(c);
+  c.connect();
+  const ws = last();
+  ws.open();
+  const pings = () => ws.sent.filter((m) => m[0] === 3);
+  t.mock.timers.tick(10_000);
+  ws.push([16, "other", 1, new Uint8Array()]); // something came at 10 s
+  t.mock.timers.tick(29_999);
+  assert.equal(pings().length, 0, "quiet for less than 30 s");
+  t.mock.timers.tick(1);
+  assert.equal(pings().length, 1, "a PING at 40 s, 30 s after the last message");
+  t.mock.timers.tick(5_000);
+  ws.push([17, pings()[0][1], {}]); // answered at 45 s
+  await flush();
+  t.mock.timers.tick(29_999);
+  assert.equal(pings().length, 1);
+  t.mock.timers.tick(1);
+  assert.equal(pings().length, 2, "the next PING 30 s after the answer");
+  t.mock.timers.tick(9_999);
+  await flush();
+  assert.equal(c.state, "open", "still waiting for the answer");
+  t.mock.timers.tick(1);
+  await flush();
+  assert.equal(c.state, "reconnecting");
+  assert.deepEqual(states.at(-1), { state: "reconnecting", reason: "connection_lost", delayMs: 60_000, attempt: 0 });
+});
+
+test("an upgrade that gets no answer within requestTimeoutMs counts as a lost connection", async (t) => {
+  t.mock.timers.enable({ apis: ["setTimeout", "Date"], now: 1_000_000 });
+  const c = fake({ requestTimeoutMs: 10_000, backoff: { baseMs: 60_000, maxMs: 60_000 } });
+  const states = recordStates(c);
+  c.connect();
+  t.mock.timers.tick(9_999);
+  assert.equal(c.state, "connecting");
+  t.mock.timers.tick(1);
+  assert.deepEqual(states.at(-1), { state: "reconnecting", reason: "connection_lost", delayMs: 60_000, attempt: 0 });
+  assert.equal(FakeWS.all.length, 1);
 });

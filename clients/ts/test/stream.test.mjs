@@ -1,12 +1,14 @@
 // Against the real gateway (history of 4 publications): gaps in stream
-// order for iterators and callbacks.
+// order for iterators and callbacks, requests in flight when the
+// connection drops.
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { HeraldClient } from "../dist/index.js";
-import { freePort, mintToken, startHerald, waitFor } from "./harness.mjs";
+import { freePort, mintToken, startHerald, trackedWebSocket, waitFor } from "./harness.mjs";
 
 let h;
 const clients = [];
+const te = new TextEncoder();
 
 before(async () => {
   h = await startHerald({ HERALD_HUB__HISTORY_SIZE: "4" });
@@ -94,4 +96,36 @@ test("not_recovered after a reconnect: the gap comes after the publications buff
   assert.deepEqual(itLog, want(epoch));
   assert.deepEqual(cbLog, want(cbEpoch));
   c.close();
+});
+
+test("a PUBLISH and a PING sent when the connection drops fail with connection_lost; pending at close() they fail with closed", async () => {
+  const tracked = await trackedWebSocket();
+  const c = new HeraldClient({
+    url: h.wsUrl,
+    WebSocket: tracked.WebSocket,
+    token: mintToken({ sub: "cl" }),
+    backoff: { baseMs: 20, maxMs: 50 },
+  });
+  clients.push(c);
+  c.connect();
+  await waitFor(() => c.state === "open", 3000, "open");
+  assert.equal(await c.publish("cl.t", te.encode("first")), 1);
+
+  const pub = c.publish("cl.t", te.encode("in flight"));
+  const ping = c.ping();
+  tracked.last().terminate(); // sent, but the replies can no longer come
+  await assert.rejects(pub, (e) => e.code === "connection_lost");
+  await assert.rejects(ping, (e) => e.code === "connection_lost");
+  await assert.rejects(c.ping(), (e) => e.code === "not_connected");
+
+  // The client goes on; whether "in flight" was stored is for the app to find out.
+  await waitFor(() => c.state === "open", 3000, "open again");
+  const seq = await c.publish("cl.t", te.encode("again"));
+  assert.ok(seq === 2 || seq === 3, `seq ${seq}`);
+
+  const pub2 = c.publish("cl.t", te.encode("at close"));
+  const ping2 = c.ping();
+  c.close();
+  await assert.rejects(pub2, (e) => e.code === "closed");
+  await assert.rejects(ping2, (e) => e.code === "closed");
 });
