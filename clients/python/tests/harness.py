@@ -154,11 +154,16 @@ class Herald:
 
 class TcpProxy:
     """A TCP relay in front of the gateway, to cut connections as a network
-    would (no close frame) and to refuse new ones for a while."""
+    would (no close frame), to refuse new ones for a while (``refusing``, or
+    the next ``refuse_next`` ones) and to stall open ones (``holding``: what
+    either side sends waits in the relay until it is set back to false)."""
 
     def __init__(self, port: int) -> None:
         self.target = port
         self.refusing = False
+        self.refuse_next = 0
+        self.refused = 0
+        self.holding = False
         self.accepted = 0
         self._pairs: List[Any] = []
         self._server: Optional[asyncio.base_events.Server] = None
@@ -186,7 +191,9 @@ class TcpProxy:
         self._pairs.clear()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.refusing:
+        if self.refusing or self.refuse_next > 0:
+            self.refuse_next = max(0, self.refuse_next - 1)
+            self.refused += 1
             writer.transport.abort()
             return
         self.accepted += 1
@@ -204,6 +211,8 @@ class TcpProxy:
                     data = await r.read(65536)
                     if not data:
                         break
+                    while self.holding:
+                        await asyncio.sleep(0.005)
                     w.write(data)
                     await w.drain()
             except (ConnectionError, OSError):

@@ -467,6 +467,8 @@ class HeraldClient:
     def _check_usable(self) -> None:
         if self._closed_error is not None:
             raise self._closed_error
+        if self._closing:
+            raise ClientClosed("client")
         if self._task is None:
             raise NotConnected("connect() was not called")
 
@@ -520,6 +522,9 @@ class HeraldClient:
         if self._state == CLOSED:
             return
         self._closing = True
+        # what waits for a reply fails now, whatever comes before the close
+        # handshake ends
+        self._settle_requests(lambda kind: ClientClosed("client"))
         if self._task is None:
             self._finish("client")
             return
@@ -694,18 +699,29 @@ class HeraldClient:
         code = rcvd.code if rcvd is not None else None
         return reconnect.Outcome.close(code), loop.time() - opened_at
 
+    def _settle_requests(self, error: Callable[[str], BaseException]) -> None:
+        """Every request waiting for a reply ends: UNSUBSCRIBE succeeds (no
+        connection, no subscription), PUBLISH, PING and REFRESH fail with
+        ``error(kind)``. A SUBSCRIBE is kept as state (sent again on the next
+        connection, or ended with the client)."""
+        for p in self._pending.values():
+            if p.kind == "subscribe" or p.future is None or p.future.done():
+                continue
+            if p.kind == "unsubscribe":
+                p.future.set_result({})
+            else:
+                p.future.set_exception(error(p.kind))
+                p.future.exception()  # retrieved: its caller may be gone
+
     def _connection_lost(self) -> None:
-        """The connection is gone: settle what was waiting on it."""
-        pending, self._pending = self._pending, {}
-        for p in pending.values():
-            if p.kind == "subscribe":
-                continue  # kept as state; sent again on the next connection
-            if p.future is not None and not p.future.done():
-                if p.kind == "unsubscribe":
-                    p.future.set_result({})
-                else:
-                    p.future.set_exception(ConnectionLost(f"the connection ended before the {p.kind} reply"))
-                    p.future.exception()
+        """The connection is gone: settle what was waiting on it. A PUBLISH or
+        PING already sent fails with ConnectionLost (ClientClosed once the app
+        called close())."""
+        if self._closing:
+            self._settle_requests(lambda kind: ClientClosed("client"))
+        else:
+            self._settle_requests(lambda kind: ConnectionLost(f"the connection ended before the {kind} reply"))
+        self._pending = {}
         for sub in self._subs.values():
             sub._conn = None
             sub._awaiting_reply = False
