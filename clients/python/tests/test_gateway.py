@@ -241,13 +241,15 @@ async def test_4001_with_token_source_reconnects_at_once(herald):
 
     async def slow_get_token():
         calls.append(time.time())
-        if len(calls) == 1:  # the REFRESH one: later than exp (the 4001 cancels it)
+        if len(calls) == 1:  # before connecting: a token that expires in 2 s
+            return mint("gina", exp=math.ceil(time.time()) + 2)
+        if len(calls) == 2:  # the REFRESH one: later than exp (the 4001 cancels it)
             await asyncio.sleep(4)
         return mint("gina", ttl=3600)
 
     events, on_state = recorder()
     gaps = []
-    c = HeraldClient(herald.url, token=mint("gina", exp=math.ceil(time.time()) + 2), get_token=slow_get_token)
+    c = HeraldClient(herald.url, get_token=slow_get_token)
     c.on_state(on_state)
     await c.connect(timeout=5)
     try:
@@ -261,9 +263,50 @@ async def test_4001_with_token_source_reconnects_at_once(herald):
         rec = [e for e in events if e.state == "reconnecting"]
         assert [(e.reason, e.code, e.delay) for e in rec] == [("token_expired", 4001, 0.0)]
         assert gaps == []
-        assert len(calls) == 2
+        assert len(calls) == 3
     finally:
         await c.close()
+
+
+async def test_token_expiring_within_30_s_is_replaced_before_a_reconnect(herald):
+    """A lost connection keeps the token by the table, but one that expires
+    within 30 s is replaced (get_token) before the attempt; one that does
+    not is kept."""
+    issued = []
+
+    def get_token():
+        t = mint("rita", ttl=25 if not issued else 3600)  # REFRESH of the first: after 20 s
+        issued.append(t)
+        return t
+
+    events, on_state = recorder()
+    async with TcpProxy(herald.ws_port) as proxy:
+        async with HeraldClient(proxy.url, get_token=get_token, backoff_base=0.05, backoff_max=0.1) as c:
+            c.on_state(on_state)
+            sub = await c.subscribe("tk.x")
+            assert issued == [c.token]
+            for n in (1, 2):
+                proxy.drop_all()
+                await wait_until(lambda: states(events).count("open") == n and sub.active, what="open again")
+            assert [(e.state, e.reason) for e in events] == [
+                ("reconnecting", "connection_lost"), ("open", None)] * 2
+            assert len(issued) == 2 and c.token == issued[1]  # the second drop kept the new one
+            await herald.apublish("tk.x", b"x")
+            assert (await sub.next(5)).data == b"x"
+
+
+async def test_expired_token_costs_no_refused_handshake(herald):
+    """An expired token (with get_token) is replaced before the first
+    attempt too: no 401, no reconnecting event."""
+    calls = []
+    events, on_state = recorder()
+    c = HeraldClient(herald.url, token=mint("sam", exp=int(time.time()) - 60),
+                     get_token=lambda: calls.append(1) or mint("sam"))
+    c.on_state(on_state)
+    async with c:
+        await c.ping()
+    assert len(calls) == 1
+    assert states(events) == ["connecting", "open", "closed"]
 
 
 async def test_handshake_401_without_get_token_closes_unauthorized(herald):

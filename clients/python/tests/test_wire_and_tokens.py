@@ -73,3 +73,13 @@ def test_refresh_at_80_percent_and_5_s_before_exp():
 def test_refresh_delay_never_below_1_s():
     assert tokens.refresh_delay(_jwt({"iat": 0, "exp": 3}), 0, 0) == 1.0
     assert tokens.refresh_delay(_jwt({"iat": 0, "exp": 100}), 0, 10) == pytest.approx(70)
+
+
+def test_expires_within_30_s():
+    assert tokens.RENEW_BEFORE_CONNECT_S == 30.0
+    assert tokens.expires_within(_jwt({"exp": 1029}), 1000)
+    assert not tokens.expires_within(_jwt({"exp": 1030}), 1000)
+    assert tokens.expires_within(_jwt({"exp": 900}), 1000)  # expired already
+    assert tokens.expires_within(_jwt({"exp": 1100}), 1000, margin=120)
+    assert not tokens.expires_within("opaque", 1000)  # no exp: nothing to go by
+    assert not tokens.expires_within(None, 1000)

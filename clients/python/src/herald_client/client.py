@@ -369,9 +369,11 @@ class HeraldClient:
     :param token: the JWT sent as ``Authorization: Bearer`` on the upgrade.
     :param get_token: a function (sync or async) that returns a new token.
         With it, the client sends REFRESH before the token expires (at 80%
-        of its lifetime, at least 5 s before ``exp``) and reconnects with a
-        new token after close 4001 / 4003 or a handshake 401. Without it,
-        4001 or 401 ends the client (state ``closed``, ``unauthorized``).
+        of its lifetime, at least 5 s before ``exp``), reconnects with a
+        new token after close 4001 / 4003 or a handshake 401, and replaces
+        a token that expires within 30 s before every connection attempt.
+        Without it, 4001 or 401 ends the client (state ``closed``,
+        ``unauthorized``).
     :param backoff_base: backoff of attempt *n* is random in
         ``[0, min(backoff_max, backoff_base * 2**n)]`` seconds.
     :param buffer_size: default bound of each subscription's buffer.
@@ -596,6 +598,10 @@ class HeraldClient:
             while not self._closing:
                 outcome: Optional[reconnect.Outcome] = None
                 opened_for: Optional[float] = None
+                # whatever ended the last connection: a token about to expire
+                # is replaced first (it would only cost a refused handshake)
+                if self._get_token is not None and tokens.expires_within(self._token, time.time()):
+                    need_token = True
                 if need_token:
                     try:
                         self._token = await self._fetch_token()

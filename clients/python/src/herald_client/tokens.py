@@ -10,7 +10,16 @@ import base64
 import json
 from typing import Optional, Tuple
 
-__all__ = ["token_times", "refresh_at", "refresh_delay", "REFRESH_FRACTION", "REFRESH_MARGIN_S", "MIN_REFRESH_DELAY_S"]
+__all__ = [
+    "token_times",
+    "refresh_at",
+    "refresh_delay",
+    "expires_within",
+    "REFRESH_FRACTION",
+    "REFRESH_MARGIN_S",
+    "MIN_REFRESH_DELAY_S",
+    "RENEW_BEFORE_CONNECT_S",
+]
 
 #: REFRESH at this fraction of the token's lifetime ...
 REFRESH_FRACTION = 0.8
@@ -19,6 +28,9 @@ REFRESH_MARGIN_S = 5.0
 #: ... but never sooner than this from now (a token source that hands out
 #: tokens about to expire must not make the client spin).
 MIN_REFRESH_DELAY_S = 1.0
+#: Before every connection attempt (with ``get_token``), a token that
+#: expires within this many seconds is replaced first.
+RENEW_BEFORE_CONNECT_S = 30.0
 
 
 def token_times(token: Optional[str]) -> Tuple[Optional[float], Optional[float]]:
@@ -70,3 +82,11 @@ def refresh_delay(token: Optional[str], received_at: float, now: float) -> Optio
     if at is None:
         return None
     return max(MIN_REFRESH_DELAY_S, at - now)
+
+
+def expires_within(token: Optional[str], now: float, margin: float = RENEW_BEFORE_CONNECT_S) -> bool:
+    """Whether ``token`` expires (its ``exp``) less than ``margin`` seconds
+    after ``now`` (already expired included); ``False`` when it has no
+    readable ``exp``."""
+    _, exp = token_times(token)
+    return exp is not None and exp - now < margin
