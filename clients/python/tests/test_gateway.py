@@ -184,6 +184,45 @@ async def test_not_recovered_when_history_is_too_short(herald):
     assert [(g.reason, g.last_seq, g.seq, g.epoch) for g in gaps] == [("not_recovered", 1, 12, epoch)]
 
 
+@pytest.mark.herald(hub__history_size=4)
+async def test_gaps_in_stream_order_for_callbacks_and_iterators(herald):
+    """A reconnect the history cannot cover: the gap event comes after the
+    last publication before it and right before the first one after it,
+    with the last seq the app got, the seq it gets next, and the epoch; for
+    a callback and for an iterator that had not read anything yet."""
+    log_cb, log_it = [], []
+
+    def gap_to(log):
+        return lambda g: log.append((g.reason, g.last_seq, g.seq, g.epoch))
+
+    async with TcpProxy(herald.ws_port) as proxy:
+        async with HeraldClient(proxy.url, token=mint("uma"), backoff_base=0.05, backoff_max=0.1) as c:
+            cb = await c.subscribe("go.cb", callback=lambda p: log_cb.append(p.seq), on_gap=gap_to(log_cb))
+            it = await c.subscribe("go.it", on_gap=gap_to(log_it))
+            for i in (1, 2):
+                for topic in ("go.cb", "go.it"):
+                    await herald.apublish(topic, b"%d" % i)
+            await wait_until(lambda: len(log_cb) == 2 and it.last_seq == 2, what="1 and 2")
+            epochs = (cb.epoch, it.epoch)
+            proxy.refusing = True
+            proxy.drop_all()
+            await wait_until(lambda: c.state == "reconnecting", what="reconnecting")
+            for i in range(3, 13):  # 10 > history_size
+                for topic in ("go.cb", "go.it"):
+                    await herald.apublish(topic, b"%d" % i)
+            proxy.refusing = False
+            await wait_until(lambda: cb.active and it.active, what="resubscribed")
+            assert (cb.epoch, it.epoch) == epochs
+            for i in (13, 14):
+                for topic in ("go.cb", "go.it"):
+                    await herald.apublish(topic, b"%d" % i)
+            for _ in range(4):
+                log_it.append((await it.next(5)).seq)
+            await wait_until(lambda: len(log_cb) == 5, what="callback")
+    assert log_cb == [1, 2, ("not_recovered", 2, 13, epochs[0]), 13, 14]
+    assert log_it == [1, 2, ("not_recovered", 2, 13, epochs[1]), 13, 14]
+
+
 async def test_refresh_before_expiry(herald):
     """Tokens live 3 s; get_token supplies new ones, sent as REFRESH: the
     connection outlives the first token with no 4001 and no reconnect."""

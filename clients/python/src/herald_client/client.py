@@ -73,12 +73,19 @@ class Gap:
     publication arrived whose seq is not the last one + 1) or ``"dropped"``
     (this client's buffer overflowed because the app read too slowly).
 
-    ``last_seq`` is the last seq the app had (or could have had) before the
-    gap; ``seq`` is the seq the stream goes on from: the next publication
-    the app sees has this seq, and ``last_seq + 1 … seq - 1`` may be missing
-    (for ``epoch_changed``, everything after ``last_seq`` of the old epoch).
-    ``epoch`` is the epoch the stream goes on in; ``dropped`` (for
-    ``"dropped"``) how many publications were dropped.
+    ``last_seq`` is the last seq the app got before the gap (before any
+    publication: the ``since`` it gave, or the seq of the first REPLY, where
+    it started); ``seq`` is the seq of the next publication the app gets
+    (``last_seq + 1 … seq - 1`` may be missing; for ``epoch_changed``,
+    everything after ``last_seq`` of the old epoch). When no publication
+    follows yet as the gap is delivered (a REPLY with ``recovered: false``),
+    ``seq`` is the topic's seq in that REPLY + 1, where live publications go
+    on. ``epoch`` is the epoch the stream goes on in; ``dropped`` how many
+    publications this client's full buffer dropped here (``None`` if none).
+
+    Several gaps at one place in the stream (no publication between them)
+    are one gap event; its reason is the first of ``epoch_changed``,
+    ``not_recovered``, ``dropped``, ``seq_jump`` that applies.
     """
 
     reason: str
@@ -117,6 +124,34 @@ class StateEvent:
     attempt: Optional[int] = None
 
 
+# When gaps meet (no publication between them), the merged gap takes the
+# first of these reasons that applies.
+_GAP_RANK = ("epoch_changed", "not_recovered", "dropped", "seq_jump")
+
+
+@dataclass
+class _PendingGap:
+    """A gap in a subscription's buffer, not yet delivered: ``seq`` is where
+    the stream is expected to go on (the next publication's seq, when there
+    is one, wins)."""
+
+    reason: str
+    seq: int
+    epoch: Optional[str]
+    dropped: int = 0
+
+
+def _merge_gaps(a: Optional[_PendingGap], b: _PendingGap) -> _PendingGap:
+    """Two gaps with no publication between them are one gap: from where the
+    first starts to where the second ends."""
+    if a is None:
+        return _PendingGap(b.reason, b.seq, b.epoch, b.dropped)
+    reason = min(a.reason, b.reason, key=_GAP_RANK.index)
+    if a.epoch != b.epoch:
+        reason = "epoch_changed"
+    return _PendingGap(reason, b.seq, b.epoch, a.dropped + b.dropped)
+
+
 def _call_listeners(listeners: List[Callable[[Any], Any]], event: Any) -> None:
     for fn in list(listeners):
         try:
@@ -136,8 +171,10 @@ class Subscription:
     are dropped and a ``"dropped"`` gap event tells the app so.
 
     Gap events are delivered in stream order, by whoever reads the
-    subscription: the on_gap listeners are called right before the first
-    publication after the gap is handed out.
+    subscription (the iterator, or the task that calls ``callback``): the
+    on_gap listeners are called right before the first publication after
+    the gap is handed out, or, when none follows yet, as soon as the reader
+    reaches the gap.
     """
 
     def __init__(
@@ -155,11 +192,15 @@ class Subscription:
         # epoch; before the first REPLY, what the app asked to resume from
         self._last_seq: Optional[int] = since
         self._epoch: Optional[str] = epoch
+        # the last seq handed to the app (or where it started): a gap's last_seq
+        self._app_seq: Optional[int] = since
         self._buffer_size = max(1, int(buffer_size))
-        self._buf: Deque[Union[Publication, Gap]] = collections.deque()
-        self._drop_last: Optional[int] = None  # last_seq of a pending "dropped" gap
+        # publications (at most buffer_size) and the gaps between them (never
+        # two gaps in a row: they are merged)
+        self._buf: Deque[Union[Publication, _PendingGap]] = collections.deque()
+        self._pubs = 0  # publications in _buf
+        self._front_gap: Optional[_PendingGap] = None  # what dropping from the front removed
         self._dropped = 0
-        self._drop_count = 0  # dropped since the last "dropped" gap
         self._wakeup = asyncio.Event()
         self._gap_listeners: List[Callable[[Gap], Any]] = []
         self._ready: "asyncio.Future[None]" = asyncio.get_running_loop().create_future()
@@ -235,21 +276,19 @@ class Subscription:
 
     async def _next(self) -> Publication:
         while True:
-            if self._buf:
+            gap, self._front_gap = self._front_gap, None
+            while self._buf:
                 entry = self._buf.popleft()
-                if self._drop_last is not None:
-                    if isinstance(entry, Publication):
-                        seq, epoch = entry.seq, entry.epoch
-                    else:
-                        seq, epoch = (entry.last_seq or 0) + 1, self._epoch
-                    gap = Gap("dropped", self.topic, self._drop_last, seq, epoch, self._drop_count)
-                    self._drop_last = None
-                    self._drop_count = 0
-                    _call_listeners(self._gap_listeners, gap)
-                if isinstance(entry, Gap):
-                    _call_listeners(self._gap_listeners, entry)
+                if isinstance(entry, _PendingGap):
+                    gap = _merge_gaps(gap, entry)
                     continue
+                self._pubs -= 1
+                if gap is not None:
+                    self._emit_gap(gap, entry.seq, entry.epoch)
+                self._app_seq = entry.seq
                 return entry
+            if gap is not None:  # no publication follows yet: the reader reached the gap
+                self._emit_gap(gap, gap.seq, gap.epoch)
             if self._ended:
                 if self._error is not None:
                     raise self._error
@@ -257,18 +296,40 @@ class Subscription:
             self._wakeup.clear()
             await self._wakeup.wait()
 
-    def _push(self, entry: Union[Publication, Gap]) -> None:
+    def _emit_gap(self, g: _PendingGap, seq: int, epoch: Optional[str]) -> None:
+        last = self._app_seq if self._app_seq is not None else seq - 1
+        _call_listeners(self._gap_listeners, Gap(g.reason, self.topic, last, seq, epoch, g.dropped or None))
+
+    def _push(self, entry: Publication) -> None:
         if self._ended:
             return
-        if len(self._buf) >= self._buffer_size:
-            old = self._buf.popleft()
-            if self._drop_last is None:
-                self._drop_last = old.seq - 1 if isinstance(old, Publication) else old.last_seq
-            if isinstance(old, Publication):
-                self._dropped += 1
-                self._drop_count += 1
+        if self._pubs >= self._buffer_size:
+            self._drop_oldest()
         self._buf.append(entry)
+        self._pubs += 1
         self._wakeup.set()
+
+    def _push_gap(self, g: _PendingGap) -> None:
+        if self._ended:
+            return
+        if self._buf and isinstance(self._buf[-1], _PendingGap):
+            self._buf[-1] = _merge_gaps(self._buf[-1], g)
+        else:
+            self._buf.append(g)
+        self._wakeup.set()
+
+    def _drop_oldest(self) -> None:
+        """The buffer is full: drop the oldest publication, and fold the gaps
+        before it into one gap delivered before what is left."""
+        while self._buf:
+            entry = self._buf.popleft()
+            if isinstance(entry, _PendingGap):
+                self._front_gap = _merge_gaps(self._front_gap, entry)
+                continue
+            self._pubs -= 1
+            self._dropped += 1
+            self._front_gap = _merge_gaps(self._front_gap, _PendingGap("dropped", entry.seq + 1, entry.epoch, 1))
+            return
 
     async def _run_callback(self) -> None:
         assert self._callback is not None
@@ -297,17 +358,21 @@ class Subscription:
         seq = result.get("seq", 0)
         seq = seq if isinstance(seq, int) else 0
         epoch = result.get("epoch")
-        recovered = bool(result.get("recovered"))
-        prev_seq, prev_epoch = self._last_seq, self._epoch
-        if prev_seq is not None and not recovered:
-            if prev_epoch is not None and epoch != prev_epoch:
-                reason = "epoch_changed"
-            else:
-                reason = "not_recovered"
-            self._push(Gap(reason, self.topic, prev_seq, seq + 1, epoch))
-        if prev_seq is None or not recovered:
+        recovered = result.get("recovered") is True
+        had = self._last_seq
+        epoch_changed = self._epoch is not None and epoch != self._epoch
+        if had is None:
+            # the first REPLY: the stream starts here
             self._last_seq = seq
             self._epoch = epoch
+            if self._app_seq is None:
+                self._app_seq = seq
+        elif not recovered or epoch_changed:
+            # live publications go on from seq + 1
+            self._last_seq = seq
+            self._epoch = epoch
+            self._push_gap(_PendingGap("epoch_changed" if epoch_changed else "not_recovered", seq + 1, epoch))
+        # recovered: the replayed publications since+1 … seq follow
         self._awaiting_reply = False
         if not self._ready.done():
             self._ready.set_result(None)
@@ -328,7 +393,7 @@ class Subscription:
             if seq <= last:
                 return  # already delivered (replay overlap)
             if seq != last + 1:
-                self._push(Gap("seq_jump", self.topic, last, seq, self._epoch))
+                self._push_gap(_PendingGap("seq_jump", seq, self._epoch))
         self._last_seq = seq
         self._push(Publication(self.topic, seq, data, self._epoch))
 
@@ -339,8 +404,8 @@ class Subscription:
         self._error = error
         if discard:
             self._buf.clear()
-            self._drop_last = None
-            self._drop_count = 0
+            self._pubs = 0
+            self._front_gap = None
         if not self._ready.done():
             self._ready.set_exception(error if error is not None else ClientClosed("client"))
             self._ready.exception()  # mark retrieved: nobody may be waiting
