@@ -98,3 +98,42 @@ async def test_close_fails_requests_in_flight_with_closed(herald):
         assert c.state == "closed"
         with pytest.raises(ClientClosed):
             await c.ping()
+
+
+def test_keepalive_defaults():
+    """The websockets ping is on: every 20 s, a missing pong counts as lost
+    after 10 s, the close gives up after 5 more (lost within 10-20 s)."""
+    c = HeraldClient("ws://127.0.0.1:1/ws", token="t0k")
+    o = c._connect_options()
+    assert (o["ping_interval"], o["ping_timeout"], o["close_timeout"]) == (20.0, 10.0, 5.0)
+    assert o["additional_headers"] == {"Authorization": "Bearer t0k"} and o["subprotocols"] == ["herald.v1"]
+    c = HeraldClient("ws://127.0.0.1:1/ws", token="t0k", ws_options={"ping_interval": 5, "ssl": None})
+    o = c._connect_options()
+    assert (o["ping_interval"], o["ping_timeout"], o["ssl"]) == (5, 10.0, None)
+
+
+async def test_dead_connection_is_noticed(herald):
+    """A connection that carries nothing any more (no close, no RST): the
+    websockets ping gets no pong, the connection counts as lost (reason
+    connection_lost, no close code), a PING in flight fails with
+    connection_lost, and the client reconnects."""
+    events = []
+    ws_options = {"ping_interval": 0.5, "ping_timeout": 1.0, "close_timeout": 0.5}
+    async with TcpProxy(herald.ws_port) as proxy:
+        async with HeraldClient(proxy.url, token=mint("rory"), backoff_base=0.05, backoff_max=0.1,
+                                ws_options=ws_options) as c:
+            c.on_state(events.append)
+            sub = await c.subscribe("dc.x")
+            proxy.holding = True
+            t0 = asyncio.get_running_loop().time()
+            ping = asyncio.ensure_future(c.ping(timeout=20))  # its own timeout is not what ends it
+            await wait_until(lambda: c.state == "reconnecting", timeout=10, what="reconnecting")
+            took = asyncio.get_running_loop().time() - t0
+            with pytest.raises(ConnectionLost):
+                await asyncio.wait_for(ping, 1)
+            assert [(e.state, e.reason, e.code) for e in events] == [("reconnecting", "connection_lost", None)]
+            assert took < 8, took
+            proxy.holding = False
+            await wait_until(lambda: c.state == "open" and sub.active, what="open again")
+            await herald.apublish("dc.x", b"back")
+            assert (await sub.next(5)).data == b"back"

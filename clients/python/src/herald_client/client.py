@@ -43,6 +43,14 @@ log = logging.getLogger("herald_client")
 
 SUBPROTOCOL = "herald.v1"
 
+#: The WebSocket ping (``websockets``' keepalive) is sent this often ...
+PING_INTERVAL_S = 20.0
+#: ... a pong that has not come this long after it ends the connection ...
+PING_TIMEOUT_S = 10.0
+#: ... and a close handshake (ours or the gateway's) gives up after this
+#: long, so a dead connection counts as lost at most 15 s after the ping.
+CLOSE_TIMEOUT_S = 5.0
+
 TokenSource = Callable[[], Union[str, Awaitable[str]]]
 
 # states
@@ -451,7 +459,10 @@ class HeraldClient:
     :param rand: the random source of the jitter (a function returning a
         float in [0, 1)); for tests.
     :param ws_options: extra keyword arguments for ``websockets``'
-        ``connect`` (e.g. ``ssl``, ``ping_interval``).
+        ``connect`` (e.g. ``ssl``); they win over the client's own, among
+        them ``ping_interval=20``, ``ping_timeout=10``, ``close_timeout=5``
+        (a dead connection counts as lost at most 15 s after a ping that
+        got no pong).
     """
 
     def __init__(
@@ -715,9 +726,10 @@ class HeraldClient:
                 self._connection_lost()
                 self._finish("client")
 
-    async def _attempt(self) -> Tuple[reconnect.Outcome, Optional[float]]:
-        """One connection attempt, and the connection while it lasts: returns
-        what ended it and how long it was open (``None``: it never opened)."""
+    def _connect_options(self) -> Dict[str, Any]:
+        """The keyword arguments of ``websockets``' ``connect`` for one
+        attempt: the token as a header, the subprotocol, the keepalive, then
+        the app's ``ws_options``."""
         headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
         opts: Dict[str, Any] = dict(
             additional_headers=headers,
@@ -726,10 +738,20 @@ class HeraldClient:
             proxy=None,
             max_size=None,
             open_timeout=self._open_timeout,
+            # dead connections: a ping every 20 s; no pong within 10 s, and
+            # the connection is closed (at most 5 s more) and counted as lost
+            ping_interval=PING_INTERVAL_S,
+            ping_timeout=PING_TIMEOUT_S,
+            close_timeout=CLOSE_TIMEOUT_S,
         )
         opts.update(self._ws_options)
+        return opts
+
+    async def _attempt(self) -> Tuple[reconnect.Outcome, Optional[float]]:
+        """One connection attempt, and the connection while it lasts: returns
+        what ended it and how long it was open (``None``: it never opened)."""
         try:
-            ws = await ws_connect(self.url, **opts)
+            ws = await ws_connect(self.url, **self._connect_options())
         except InvalidStatus as e:
             return reconnect.Outcome.handshake(e.response.status_code), None
         except (OSError, asyncio.TimeoutError, InvalidHandshake, ConnectionClosed, EOFError) as e:
