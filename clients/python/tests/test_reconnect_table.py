@@ -154,3 +154,35 @@ def test_custom_base_and_max():
 def test_no_wait_for_a_terminal_decision():
     with pytest.raises(ValueError):
         next_wait(Decision(False, "client"), 0)
+
+
+# The last paragraph of clients/README.md: the reasons of the state events.
+RECONNECTING_REASONS = {
+    "connection_lost", "server_closed", "going_away", "slow_consumer", "rate_limited",
+    "token_expired", "disconnected", "unauthorized", "unavailable", "http_<status>", "token_error",
+}
+CLOSED_REASONS = {"client", "unauthorized", "disconnected", "protocol", "refused"}
+
+
+def test_reasons_are_exactly_the_listed_ones():
+    outcomes = [Outcome.lost(), Outcome.token_error(), Outcome.client(), close(None)]
+    outcomes += [close(c) for c in list(range(1000, 1016)) + list(range(3000, 3010)) + list(range(4000, 4100))]
+    outcomes += [hs(s) for s in range(100, 600) if s != 101]
+    seen = {True: set(), False: set()}
+    for o in outcomes:
+        for has_get_token in (False, True):
+            for n401 in (0, 1):
+                d = decide(o, has_get_token=has_get_token, consecutive_401s=n401)
+                reason = d.reason
+                if d.reconnect and reason.startswith("http_"):
+                    assert reason == f"http_{o.code}" and o.kind == "handshake"
+                    reason = "http_<status>"
+                seen[d.reconnect].add(reason)
+    assert seen[True] == RECONNECTING_REASONS
+    assert seen[False] == CLOSED_REASONS
+
+
+@pytest.mark.parametrize("status", [500, 502, 504, 418, 302])
+def test_any_other_handshake_status_is_http_status_with_backoff(status):
+    d = decide(hs(status), has_get_token=True)
+    assert (d.reconnect, d.wait, d.new_token, d.reason) == (True, "backoff", False, f"http_{status}")
