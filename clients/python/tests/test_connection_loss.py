@@ -5,9 +5,11 @@ relay that can stall or cut the connection."""
 import asyncio
 
 import pytest
+from websockets.exceptions import ConnectionClosed as WsConnectionClosed
+from websockets.protocol import State as WsState
 
 from harness import TcpProxy, mint, wait_until
-from herald_client import ClientClosed, ConnectionLost, HeraldClient, NotConnected
+from herald_client import ClientClosed, ConnectionLost, HeraldClient, NotConnected, Timeout
 
 
 async def _pending(c, n):
@@ -26,6 +28,9 @@ async def test_publish_and_ping_in_flight_fail_with_connection_lost(herald):
             c.on_state(events.append)
             sub = await c.subscribe("cl.x")
             proxy.holding = True  # the frames wait in the relay: no reply can come
+            with pytest.raises(Timeout) as e:
+                await c.ping(timeout=0.2)
+            assert e.value.code == "timeout" and c.state == "open"
             pub = asyncio.ensure_future(c.publish("cl.x", b"maybe"))
             ping = asyncio.ensure_future(c.ping())
             await _pending(c, 2)
@@ -137,3 +142,33 @@ async def test_dead_connection_is_noticed(herald):
             await wait_until(lambda: c.state == "open" and sub.active, what="open again")
             await herald.apublish("dc.x", b"back")
             assert (await sub.next(5)).data == b"back"
+
+
+class _FakeWs:
+    """A connection whose send() fails the way websockets' does."""
+
+    def __init__(self, state):
+        self.state = state
+        self.sent = 0
+
+    async def send(self, data):
+        self.sent += 1
+        raise WsConnectionClosed(None, None)
+
+
+async def test_send_on_a_connection_that_ends_meanwhile():
+    """A frame handed to a connection that then ends: connection_lost (it may
+    have gone out); a connection already closing: not_connected at once,
+    nothing sent."""
+    c = HeraldClient("ws://127.0.0.1:1/ws", token="t")
+    c._task = asyncio.get_running_loop().create_future()  # as if connect() had been called
+    c._state = "open"
+    c._ws = _FakeWs(WsState.OPEN)
+    with pytest.raises(ConnectionLost):
+        await c.publish("x.y", b"")
+    assert c._pending == {}
+    c._ws = _FakeWs(WsState.CLOSING)
+    with pytest.raises(NotConnected) as e:
+        await asyncio.wait_for(c.ping(), 1)
+    assert type(e.value) is NotConnected and c._ws.sent == 0
+    c._task.cancel()

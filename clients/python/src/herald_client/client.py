@@ -23,6 +23,7 @@ from typing import (
 
 from websockets.asyncio.client import ClientConnection, connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.protocol import State as WsState
 from websockets.uri import parse_uri
 
 from . import reconnect, tokens, wire
@@ -831,12 +832,15 @@ class HeraldClient:
 
     async def _send(self, data: bytes) -> None:
         ws = self._ws
-        if ws is None:
+        if ws is None or ws.state is not WsState.OPEN:
+            # closing or closed: nothing is sent (and websockets would wait
+            # for the close to finish before saying so)
             raise NotConnected("not connected")
         try:
             await ws.send(data)
         except ConnectionClosed:
-            raise NotConnected("connection lost") from None
+            # the frame was handed to the connection, which then ended
+            raise ConnectionLost("the connection ended while sending") from None
 
     async def _request(self, kind: str, build: Callable[[int], bytes], timeout: Optional[float]) -> Dict[str, Any]:
         self._check_usable()
