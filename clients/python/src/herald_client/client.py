@@ -176,8 +176,8 @@ class Subscription:
 
     Read it with ``async for p in sub`` (or ``await sub.next()``), unless it
     was created with a ``callback``. It holds at most ``buffer_size``
-    entries; when the app reads slower than publications arrive, the oldest
-    are dropped and a ``"dropped"`` gap event tells the app so.
+    publications; when the app reads slower than publications arrive, the
+    oldest are dropped and a gap event (with ``dropped``) tells the app so.
 
     Gap events are delivered in stream order, by whoever reads the
     subscription (the iterator, or the task that calls ``callback``): the
