@@ -4,7 +4,7 @@ import { decode, encode } from "@msgpack/msgpack";
 import assert from "node:assert/strict";
 import { afterEach, test } from "node:test";
 import { HeraldClient, HeraldError } from "../dist/index.js";
-import { recordStates, sleep, waitFor } from "./harness.mjs";
+import { mintToken, recordStates, sleep, waitFor } from "./harness.mjs";
 
 class FakeWS {
   static all = [];
@@ -270,6 +270,169 @@ test("a throwing callback is reported as an error event, the stream goes on", as
   assert.deepEqual(seen, [1, 2]);
   assert.equal(errors.length, 1);
   assert.equal(errors[0].code, "callback");
+});
+
+/** The token a scripted socket was opened with (header or subprotocol). */
+function tokenOf(ws) {
+  const h = ws.options?.headers?.Authorization;
+  if (h) return h.replace(/^Bearer /, "");
+  return ws.protocols.find((p) => p.startsWith("bearer."))?.slice("bearer.".length);
+}
+
+for (const tokenIn of ["header", "protocol"]) {
+  test(`before every reconnect attempt a token expiring within 30 s is replaced, whatever ended the last one (${tokenIn})`, async () => {
+    const issued = [];
+    let life = 20; // seconds: within the 30 s margin
+    const getToken = async () => {
+      const t = mintToken({ sub: `u${issued.length}`, expIn: life });
+      issued.push(t);
+      return t;
+    };
+    const c = fake({
+      token: mintToken({ sub: "first", expIn: 20 }),
+      getToken,
+      tokenIn,
+      backoff: { baseMs: 1, maxMs: 1, slowMinMs: 1, slowMaxMs: 1 },
+    });
+    const states = recordStates(c);
+    c.connect();
+    const endings = [
+      ["lost before open", (ws) => ws.serverClose(1006)],
+      ["1006", (ws) => (ws.open(), ws.serverClose(1006))],
+      ["1000", (ws) => (ws.open(), ws.serverClose(1000))],
+      ["1001", (ws) => (ws.open(), ws.serverClose(1001))],
+      ["1011", (ws) => (ws.open(), ws.serverClose(1011))],
+      ["4008", (ws) => (ws.open(), ws.serverClose(4008))],
+      ["4029", (ws) => (ws.open(), ws.serverClose(4029))],
+      ["handshake 503", (ws) => ws.refuse(503)],
+      ["handshake 429", (ws) => ws.refuse(429)],
+      ["handshake 502", (ws) => ws.refuse(502)],
+    ];
+    for (let i = 0; i < endings.length; i++) {
+      await waitFor(() => FakeWS.all.length === i + 1, 2000, `attempt ${i + 1}`);
+      const ws = last();
+      assert.equal(issued.length, i + 1, `getToken before attempt ${i + 1}`);
+      assert.equal(tokenOf(ws), issued.at(-1), `attempt ${i + 1} uses the new token`);
+      endings[i][1](ws);
+    }
+    assert.deepEqual(
+      states.filter((s) => s.state === "reconnecting").map((s) => s.reason),
+      ["connection_lost", "connection_lost", "server_closed", "going_away", "server_closed", "slow_consumer", "rate_limited", "unavailable", "rate_limited", "http_502"],
+    );
+    // A token that does not expire soon is kept.
+    await waitFor(() => FakeWS.all.length === endings.length + 1, 2000, "next attempt");
+    life = 3600;
+    last().serverClose(1006); // this attempt used a 20 s token: the next one gets a 1 h token
+    await waitFor(() => FakeWS.all.length === endings.length + 2, 2000, "attempt with a long token");
+    const n = issued.length;
+    assert.equal(tokenOf(last()), issued.at(-1));
+    last().open();
+    last().serverClose(1006);
+    await waitFor(() => FakeWS.all.length === endings.length + 3, 2000, "attempt after");
+    assert.equal(issued.length, n, "no getToken for a token good for an hour");
+    assert.equal(tokenOf(last()), issued.at(-1));
+  });
+}
+
+test("handshake 401: a second 401 in a row closes; any other outcome in between starts the count over", async () => {
+  let fail = false;
+  const issued = [];
+  const c = fake({
+    getToken: () => {
+      if (fail) {
+        fail = false;
+        throw new Error("token service down");
+      }
+      const t = mintToken({ sub: `v${issued.length}` });
+      issued.push(t);
+      return t;
+    },
+    backoff: { baseMs: 1, maxMs: 1 },
+  });
+  const states = recordStates(c);
+  c.connect();
+  let n = 0;
+  const next = async () => {
+    n++;
+    await waitFor(() => FakeWS.all.length === n, 2000, `attempt ${n}`);
+    return last();
+  };
+  (await next()).refuse(401); // 1st: at once, new token
+  (await next()).refuse(503); // something else
+  (await next()).refuse(401); // counts as the first again
+  const ws4 = await next();
+  ws4.open(); // an open connection
+  ws4.serverClose(1006);
+  (await next()).refuse(401); // the first again
+  fail = true; // the next getToken throws: token_error, then backoff
+  await waitFor(() => states.at(-1).reason === "token_error", 2000, "token_error");
+  (await next()).refuse(401); // the first again
+  (await next()).refuse(401); // the second in a row
+  assert.equal(c.state, "closed");
+  assert.deepEqual(
+    states.map((s) => [s.state, s.reason, s.status]),
+    [
+      ["connecting", undefined, undefined],
+      ["reconnecting", "unauthorized", 401],
+      ["reconnecting", "unavailable", 503],
+      ["reconnecting", "unauthorized", 401],
+      ["open", undefined, undefined],
+      ["reconnecting", "connection_lost", undefined],
+      ["reconnecting", "unauthorized", 401],
+      ["reconnecting", "token_error", undefined],
+      ["reconnecting", "unauthorized", 401],
+      ["closed", "unauthorized", 401],
+    ],
+  );
+  // Each 401 is answered with a new token, at once.
+  assert.ok(states.filter((s) => s.reason === "unauthorized" && s.state === "reconnecting").every((s) => s.delayMs === 0));
+  assert.equal(tokenOf(FakeWS.all[0]), "t.e.st");
+  assert.equal(tokenOf(FakeWS.all[1]), issued[0]);
+});
+
+test("reconnecting and closed reasons: every row of the table through the client", async () => {
+  const rows = [
+    // [what ends the attempt, state, reason]
+    [(ws) => ws.serverClose(1006), "reconnecting", "connection_lost"],
+    [(ws) => (ws.open(), ws.serverClose(1006)), "reconnecting", "connection_lost"],
+    [(ws) => (ws.open(), ws.serverClose(1000)), "reconnecting", "server_closed"],
+    [(ws) => (ws.open(), ws.serverClose(1001)), "reconnecting", "going_away"],
+    [(ws) => (ws.open(), ws.serverClose(1013)), "reconnecting", "server_closed"],
+    [(ws) => (ws.open(), ws.serverClose(4008)), "reconnecting", "slow_consumer"],
+    [(ws) => (ws.open(), ws.serverClose(4029)), "reconnecting", "rate_limited"],
+    [(ws) => (ws.open(), ws.serverClose(4001)), "reconnecting", "token_expired"],
+    [(ws) => (ws.open(), ws.serverClose(4003)), "reconnecting", "disconnected"],
+    [(ws) => ws.refuse(401), "reconnecting", "unauthorized"],
+    [(ws) => ws.refuse(429), "reconnecting", "rate_limited"],
+    [(ws) => ws.refuse(503), "reconnecting", "unavailable"],
+    [(ws) => ws.refuse(504), "reconnecting", "http_504"],
+  ];
+  const c = fake({ getToken: () => mintToken({ sub: "r" }), backoff: { baseMs: 1, maxMs: 1, slowMinMs: 1, slowMaxMs: 1 } });
+  const states = recordStates(c);
+  c.connect();
+  for (let i = 0; i < rows.length; i++) {
+    await waitFor(() => FakeWS.all.length === i + 1, 2000, `attempt ${i + 1}`);
+    rows[i][0](last());
+    const s = states.at(-1);
+    assert.deepEqual([s.state, s.reason], [rows[i][1], rows[i][2]], `row ${i}`);
+  }
+  const terminal = [
+    [(ws) => (ws.open(), ws.serverClose(1002)), "protocol"],
+    [(ws) => (ws.open(), ws.serverClose(1008)), "refused"],
+    [(ws) => ws.refuse(404), "refused"],
+    [(ws) => (ws.open(), ws.serverClose(4003)), "disconnected", { getToken: undefined }],
+    [(ws) => (ws.open(), ws.serverClose(4001)), "unauthorized", { getToken: undefined }],
+    [(ws) => ws.refuse(401), "unauthorized", { getToken: undefined }],
+    [(ws, c) => (ws.open(), c.close()), "client"],
+  ];
+  for (const [end, reason, opts] of terminal) {
+    const d = fake({ token: "t.e.st", getToken: () => mintToken({ sub: "r" }), ...opts });
+    const ds = recordStates(d);
+    d.connect();
+    await waitFor(() => FakeWS.all.at(-1)?.onopen && d.state !== "idle", 2000, "socket");
+    end(last(), d);
+    assert.deepEqual([ds.at(-1).state, ds.at(-1).reason], ["closed", reason]);
+  }
 });
 
 test("close() while a PUBLISH and a PING wait: they fail with closed; a dropped connection fails them with connection_lost", async () => {

@@ -1,5 +1,6 @@
 // The reconnect table, backoff and refresh timing: pure functions, no sockets.
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
 import { test } from "node:test";
 import {
   attemptAfter,
@@ -145,4 +146,31 @@ test("tokenTimes reads exp and iat; garbage gives {}", () => {
   assert.deepEqual(tokenTimes("nope"), {});
   assert.deepEqual(tokenTimes("a.b.c"), {});
   assert.deepEqual(tokenTimes(`x.${Buffer.from('{"exp":"soon","sub":"ü"}').toString("base64url")}.y`), {});
+});
+
+test("the reasons decide() gives are exactly those listed at the end of clients/README.md", () => {
+  const readme = readFileSync(new URL("../../README.md", import.meta.url), "utf8").replace(/\s+/g, " ");
+  const m = /The `reason` of the `reconnecting` event names the row: (.*?)\. The reason of `closed` is one of (.*?)\./.exec(readme);
+  assert.ok(m, "clients/README.md lists the reasons");
+  const names = (s) => new Set([...s.matchAll(/`([^`]+)`/g)].map((x) => x[1]));
+  const wantReconnecting = names(m[1]);
+  const wantClosed = names(m[2]);
+  assert.ok(wantReconnecting.has("http_<status>") && wantClosed.has("client"));
+
+  const events = [{ kind: "lost" }, { kind: "client" }, { kind: "token_error" }];
+  for (let code = 1000; code <= 1015; code++) events.push(close(code));
+  for (let code = 3000; code <= 4999; code++) events.push(close(code));
+  for (let status = 100; status <= 599; status++) events.push(hs(status));
+  const gotReconnecting = new Set();
+  const gotClosed = new Set();
+  for (const ev of events) {
+    for (const ctx of [noGT, withGT, { hasGetToken: true, previous401s: 1 }]) {
+      const d = decide(ev, ctx);
+      if (d.reconnect) gotReconnecting.add(/^http_\d{3}$/.test(d.reason) ? "http_<status>" : d.reason);
+      else gotClosed.add(d.reason);
+      if (d.reconnect && d.reason.startsWith("http_")) assert.equal(d.reason, `http_${ev.status}`);
+    }
+  }
+  assert.deepEqual([...gotReconnecting].sort(), [...wantReconnecting].sort());
+  assert.deepEqual([...gotClosed].sort(), [...wantClosed].sort());
 });
