@@ -33,6 +33,12 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot listen on {addr} ({what}): {source}; is another herald (or another program) listening there?")]
+    InUse {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot start threads: {0}")]
     Thread(std::io::Error),
     #[error("cluster: {0}")]
@@ -98,6 +104,17 @@ impl Server {
             site: (options.demo_site && !config.auth.hs256_secret.is_empty())
                 .then(|| DemoSite::new(config.auth.hs256_secret.clone())),
         };
+        // Bound before any runtime exists: a start that fails here (a port
+        // in use) returns its error without dropping a runtime, which would
+        // panic when `start` is called from async code.
+        let backlog = config.listen.backlog as i32;
+        let ws = bind_reuseport(config.listen.ws, n, backlog, config.limits.send_queue_bytes)?;
+        let ws_addr = local_addr("ws", config.listen.ws, &ws[0])?;
+        let ingest_l = bind("ingest", config.listen.ingest, backlog)?;
+        let ingest_addr = local_addr("ingest", config.listen.ingest, &ingest_l)?;
+        let admin_l = bind("admin", config.listen.admin, backlog)?;
+        let admin_addr = local_addr("admin", config.listen.admin, &admin_l)?;
+
         let control = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("herald-control")
@@ -150,14 +167,6 @@ impl Server {
         };
         let home_inboxes = inboxes.homes;
         let shared = Arc::new(Shared::new(config.clone(), gate, hub.clone(), handler));
-
-        let backlog = config.listen.backlog as i32;
-        let ws = bind_reuseport(config.listen.ws, n, backlog, config.limits.send_queue_bytes)?;
-        let ws_addr = local_addr("ws", config.listen.ws, &ws[0])?;
-        let ingest_l = bind("ingest", config.listen.ingest, backlog)?;
-        let ingest_addr = local_addr("ingest", config.listen.ingest, &ingest_l)?;
-        let admin_l = bind("admin", config.listen.admin, backlog)?;
-        let admin_addr = local_addr("admin", config.listen.admin, &admin_l)?;
 
         let (lifecycle, lifecycle_rx) = watch::channel(Lifecycle::Running);
         let mut shards = Vec::with_capacity(n);
@@ -453,6 +462,23 @@ fn bind_reuseport(
         addr,
         source,
     };
+    // SO_REUSEPORT lets any process of the same user join a port's group,
+    // and the kernel would then split new clients between two unrelated
+    // gateways. A plain bind first fails while anyone listens there.
+    if addr.port() != 0 {
+        let probe = socket(addr, false).map_err(err)?;
+        probe.bind(&addr.into()).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::AddrInUse {
+                StartError::InUse {
+                    what: "ws",
+                    addr,
+                    source,
+                }
+            } else {
+                err(source)
+            }
+        })?;
+    }
     let mut out: Vec<std::net::TcpListener> = Vec::with_capacity(n);
     let mut at = addr;
     for _ in 0..n {

@@ -504,3 +504,23 @@ async fn a_client_that_never_sends_its_request_is_dropped() {
     assert_eq!(r.status, 101);
     assert!(server.stop().await);
 }
+
+/// A second gateway on a WebSocket port that one already holds refuses to
+/// start: with SO_REUSEPORT alone it would join the port's group, and the
+/// kernel would split new clients between two unrelated gateways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_gateway_on_a_held_port_refuses_to_start() {
+    let first = start(|_| {});
+    let mut cfg = base_config();
+    cfg.listen.ws = first.ws();
+    let second = herald::Server::start(cfg, std::sync::Arc::new(herald::LogHandler));
+    match second {
+        Err(herald::StartError::InUse { addr, .. }) => assert_eq!(addr, first.ws()),
+        Err(e) => panic!("refused, but not as a port in use: {e}"),
+        Ok(_) => panic!("a second gateway joined a port another one holds"),
+    }
+    // The first one still serves.
+    let mut ws = ws_connect(first.ws(), &token_all("u")).await;
+    subscribe(&mut ws, 1, "t").await;
+    first.stop().await;
+}
