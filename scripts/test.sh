@@ -90,13 +90,19 @@ if wants python; then
     command -v python3 >/dev/null 2>&1 || apt_need python3 python3
     venv="$root/target/py-venv"
     if [[ ! -x "$venv/bin/python" ]]; then
+        # Debian splits venv (ensurepip) into python3-venv.
         python3 -m venv "$venv" 2>/dev/null || {
             rm -rf "$venv"
-            apt_need "python3" "python3-venv"
             if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
-                DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv >/dev/null
+                echo "==> python3 -m venv failed: apt-get install python3-venv"
+                DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv >/dev/null ||
+                    { apt-get update -q >/dev/null &&
+                        DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv >/dev/null; }
             fi
-            python3 -m venv "$venv"
+            python3 -m venv "$venv" || {
+                echo "scripts/test.sh: python3 -m venv fails; install python3-venv" >&2
+                exit 1
+            }
         }
     fi
     banner "python: clients/python (pip install, pytest)"
