@@ -56,9 +56,9 @@ impl Handler for AdminGuard {
     }
 
     // Called once for every session `on_open` saw, so the count balances.
-    fn on_close(&self, s: &SessionInfo<'_>, code: u16) {
+    fn on_close(&self, s: &SessionInfo<'_>, code: herald::Close) {
         let open = self.open.fetch_sub(1, Ordering::Relaxed) - 1;
-        tracing::info!(session = s.id, user = %s.claims.sub, code, open, "session closed");
+        tracing::info!(session = s.id, user = %s.claims.sub, code = code.code(), open, "session closed");
     }
 }
 

@@ -34,6 +34,9 @@ pub struct Config {
     pub hub: Hub,
     pub cluster: Cluster,
     pub log: Log,
+    /// What happens to a connection that falls behind, per topic pattern;
+    /// first match wins, no match is `disconnect` (PROTOCOL.md §8).
+    pub slow_consumer: Vec<SlowConsumer>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -355,6 +358,49 @@ impl Default for Log {
     }
 }
 
+/// One `[[slow_consumer]]` rule.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlowConsumer {
+    /// Patterns as in the `topics` claim: `md.*`, `*`, or an exact topic.
+    pub topics: Vec<String>,
+    #[serde(default)]
+    pub policy: SlowPolicy,
+}
+
+/// What a connection that falls behind does with a topic's publications.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SlowPolicy {
+    /// Over `limits.max_outbox_bytes`: close 4008.
+    #[default]
+    Disconnect,
+    /// Over the bound: drop this policy's oldest queued publications.
+    DropOldest,
+    /// Behind: only the latest queued publication per topic stays.
+    Conflate,
+}
+
+impl SlowPolicy {
+    pub fn name(self) -> &'static str {
+        match self {
+            SlowPolicy::Disconnect => "disconnect",
+            SlowPolicy::DropOldest => "drop_oldest",
+            SlowPolicy::Conflate => "conflate",
+        }
+    }
+}
+
+impl Config {
+    /// The slow-consumer rules, compiled: `validate` has checked them.
+    pub fn slow_consumer_rules(&self) -> Vec<(Patterns, SlowPolicy)> {
+        self.slow_consumer
+            .iter()
+            .filter_map(|r| Patterns::parse(&r.topics).ok().map(|p| (p, r.policy)))
+            .collect()
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -673,6 +719,15 @@ impl Config {
                     "cluster.creds_file",
                     format!("{} is not a readable file", p.display()),
                 );
+            }
+        }
+
+        for (i, r) in self.slow_consumer.iter().enumerate() {
+            if r.topics.is_empty() {
+                return invalid(&format!("slow_consumer[{i}].topics"), "must not be empty");
+            }
+            if let Err(e) = Patterns::parse(&r.topics) {
+                return invalid(&format!("slow_consumer[{i}].topics"), e.to_string());
             }
         }
 

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 
 use crate::auth::Claims;
 use crate::wire::client::Request;
+use crate::wire::close::Close;
 
 /// What a session looks like to a [`Handler`].
 #[derive(Debug, Clone, Copy)]
@@ -39,7 +40,7 @@ impl Reject {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TransportError {
     /// The peer broke the WebSocket protocol; the session closes with `code`.
-    Protocol { code: u16, reason: &'static str },
+    Protocol { code: Close, reason: &'static str },
     /// A read or write on the socket failed.
     Io(std::io::ErrorKind),
     /// No pong within the configured timeout.
@@ -62,8 +63,9 @@ pub trait Handler: Send + Sync + 'static {
 
     fn on_transport_error(&self, _session: &SessionInfo<'_>, _error: &TransportError) {}
 
-    /// Once per opened session, with the close code it ended with.
-    fn on_close(&self, _session: &SessionInfo<'_>, _code: u16) {}
+    /// Once per opened session, with the close code it ended with
+    /// (`Close::Abnormal`, 1006, when the transport broke without one).
+    fn on_close(&self, _session: &SessionInfo<'_>, _code: Close) {}
 }
 
 /// The default binary's handler: logs the lifecycle at debug level.
@@ -80,7 +82,7 @@ impl Handler for LogHandler {
         tracing::debug!(session = s.id, user = %s.claims.sub, ?error, "transport error");
     }
 
-    fn on_close(&self, s: &SessionInfo<'_>, code: u16) {
-        tracing::debug!(session = s.id, user = %s.claims.sub, code, "session closed");
+    fn on_close(&self, s: &SessionInfo<'_>, code: Close) {
+        tracing::debug!(session = s.id, user = %s.claims.sub, code = code.code(), "session closed");
     }
 }

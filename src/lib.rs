@@ -18,3 +18,4 @@ pub mod wire;
 
 pub use app::{Server, StartError, StartOptions};
 pub use handler::{Handler, LogHandler, Reject, SessionInfo, TransportError};
+pub use wire::close::{Close, Fault, Reconnect};

@@ -7,6 +7,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use crate::wire::close::Close;
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
@@ -139,6 +140,8 @@ pub struct ShardMetrics {
     pub write_syscalls: Counter,
     pub dropped_slow: Counter,
     pub dropped_closed: Counter,
+    pub dropped_oldest: Counter,
+    pub conflated: Counter,
     pub delivery_latency: Histogram,
     pub fanout: Histogram,
     pub handshake: Histogram,
@@ -158,6 +161,8 @@ impl ShardMetrics {
             write_syscalls: counter!("herald_write_syscalls_total"),
             dropped_slow: counter!("herald_dropped_total", "reason" => "slow_consumer"),
             dropped_closed: counter!("herald_dropped_total", "reason" => "closed"),
+            dropped_oldest: counter!("herald_dropped_total", "reason" => "drop_oldest"),
+            conflated: counter!("herald_dropped_total", "reason" => "conflated"),
             delivery_latency: histogram!("herald_delivery_latency_seconds"),
             fanout: histogram!("herald_fanout_seconds"),
             handshake: histogram!("herald_handshake_seconds"),
@@ -236,8 +241,8 @@ pub fn handshake(result: &'static str) {
     counter!("herald_handshakes_total", "result" => result).increment(1);
 }
 
-pub fn close(code: u16) {
-    counter!("herald_closes_total", "code" => close_label(code)).increment(1);
+pub fn close(code: Close) {
+    counter!("herald_closes_total", "code" => code.label()).increment(1);
 }
 
 pub fn client_error(code: u16) {
@@ -277,24 +282,6 @@ fn code_label(code: u16) -> &'static str {
         429 => "429",
         500 => "500",
         503 => "503",
-        _ => "other",
-    }
-}
-
-fn close_label(code: u16) -> &'static str {
-    match code {
-        1000 => "1000",
-        1001 => "1001",
-        1002 => "1002",
-        1003 => "1003",
-        1006 => "1006",
-        1007 => "1007",
-        1008 => "1008",
-        1009 => "1009",
-        4001 => "4001",
-        4003 => "4003",
-        4008 => "4008",
-        4029 => "4029",
         _ => "other",
     }
 }

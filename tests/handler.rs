@@ -40,7 +40,7 @@ impl Handler for Counting {
         }
     }
 
-    fn on_close(&self, s: &SessionInfo<'_>, code: u16) {
+    fn on_close(&self, s: &SessionInfo<'_>, code: herald::Close) {
         self.closed.fetch_add(1, Ordering::SeqCst);
         self.closes
             .lock()
@@ -48,7 +48,7 @@ impl Handler for Counting {
             .entry(s.id)
             .or_insert_with(|| (s.claims.sub.to_string(), Vec::new()))
             .1
-            .push(code);
+            .push(code.code());
     }
 }
 

@@ -19,7 +19,7 @@ mod session;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::io::{self, IoSlice};
+use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,7 +42,10 @@ use crate::http::{Accepted, Gate};
 use crate::hub::{BarrierToken, HomeMsg, Hub, SessionKey, ShardMsg, SubscribeAck};
 use crate::metrics::{self as m, ShardMetrics};
 use crate::wire::client::{error_frame, subscribe_reply_frame};
-use session::{Phase, ReadyQueue, Session, SubSlot};
+use crate::wire::close::Close;
+use crate::wire::topic::Patterns;
+use outbox::{Kind, Policy};
+use session::{Due, ReadyQueue, Session, Timing};
 
 /// Process-wide state every shard reads.
 pub struct Shared {
@@ -106,6 +109,8 @@ struct Settings {
     close: Duration,
     tick: Duration,
     leeway_s: u64,
+    /// `[[slow_consumer]]`, compiled; first match wins.
+    policies: Vec<(Patterns, Policy)>,
 }
 
 impl Settings {
@@ -124,6 +129,22 @@ impl Settings {
             close: Duration::from_millis(c.timeouts.close_ms),
             tick: Duration::from_millis(c.timeouts.tick_ms),
             leeway_s: c.auth.leeway_s,
+            policies: c.slow_consumer_rules(),
+        }
+    }
+
+    fn policy(&self, topic: &str) -> Policy {
+        self.policies
+            .iter()
+            .find(|(p, _)| p.allows(topic))
+            .map_or(Policy::Disconnect, |(_, policy)| *policy)
+    }
+
+    fn timing(&self) -> Timing {
+        Timing {
+            ping_interval_ms: self.ping_interval.as_millis() as u64,
+            pong_timeout_ms: self.pong_timeout.as_millis() as u64,
+            leeway_s: self.leeway_s,
         }
     }
 }
@@ -214,7 +235,7 @@ const NONE: u32 = u32::MAX;
 
 /// One frame queued for one session in the current batch.
 #[derive(Clone, Copy)]
-struct Link {
+pub(crate) struct Link {
     frame: u32,
     next: u32,
 }
@@ -223,12 +244,18 @@ struct Link {
 struct State {
     sessions: Slab<Rc<Session>>,
     generation: u32,
-    /// Local subscribers per topic. `SubSlot::pos` in each session is its
-    /// index here, so removal is O(1).
-    topics: HashMap<Arc<str>, Vec<Rc<Session>>>,
+    /// Local subscribers per topic, with the topic's slow-consumer policy
+    /// (looked up once, when the topic gets its first local subscriber).
+    /// Each session knows its index in each list, so removal is O(1).
+    topics: HashMap<Arc<str>, Local>,
     subscriptions: usize,
     draining: bool,
     batch: Batch,
+}
+
+struct Local {
+    subs: Vec<Rc<Session>>,
+    policy: Policy,
 }
 
 /// The current delivery batch. Reused by every batch, so delivery
@@ -238,6 +265,9 @@ struct Batch {
     /// Per-session lists of frames, threaded through `Session::head/tail`.
     arena: Vec<Link>,
     frames: Vec<Bytes>,
+    /// What each frame is, for a session that is behind; parallel to
+    /// `frames` (one entry per publication, not per subscriber).
+    kinds: Vec<Kind>,
     dirty: Vec<Rc<Session>>,
     /// Ingest time of each publication in the batch, for the latency
     /// histogram.
@@ -245,57 +275,43 @@ struct Batch {
 }
 
 impl Batch {
-    /// Queues frame `fi` for `s`: linked into the arena while the session's
-    /// outbox is empty (the socket keeps up), else behind its outbox so
-    /// order holds. Counts the outcome in `acc`.
+    /// Queues frame `fi` for `s` and counts the outcome in `acc`.
     fn enqueue(&mut self, s: &Rc<Session>, fi: u32, max_outbox: usize, acc: &mut WriteAcc) {
-        if s.phase.get() != Phase::Open {
-            acc.dropped_closed += 1;
-            return;
-        }
-        if !s.out.borrow().is_empty() {
-            let over = {
-                let mut out = s.out.borrow_mut();
-                out.push(self.frames[fi as usize].clone());
-                out.bytes() > max_outbox
-            };
-            if over {
-                acc.dropped_slow += s.close_slow() as u64;
+        let frame = &self.frames[fi as usize];
+        let kind = &self.kinds[fi as usize];
+        match s.enqueue(&mut self.arena, fi, frame, || kind.clone(), max_outbox, acc) {
+            session::Enqueued::Closed => {
+                acc.dropped_closed += 1;
                 return;
             }
-        } else {
-            let idx = self.arena.len() as u32;
-            self.arena.push(Link {
-                frame: fi,
-                next: NONE,
-            });
-            let tail = s.tail.replace(idx);
-            if tail == NONE {
-                s.head.set(idx);
-            } else {
-                self.arena[tail as usize].next = idx;
-            }
+            session::Enqueued::Queued(outbox::Offer::Overflow) => return,
+            session::Enqueued::Linked | session::Enqueued::Queued(_) => {}
         }
-        if !s.dirty.replace(true) {
+        if s.mark_dirty() {
             self.dirty.push(s.clone());
         }
         acc.delivered += 1;
     }
 
-    fn push_frame(&mut self, frame: Bytes) -> u32 {
+    fn push_frame(&mut self, frame: Bytes, kind: Kind) -> u32 {
         self.frames.push(frame);
+        self.kinds.push(kind);
         (self.frames.len() - 1) as u32
     }
 }
 
 /// Per-batch write totals, added to the metrics once per batch.
 #[derive(Default)]
-struct WriteAcc {
+pub(crate) struct WriteAcc {
     bytes: u64,
     syscalls: u64,
     delivered: u64,
     dropped_slow: u64,
     dropped_closed: u64,
+    /// Queued publications dropped by `drop_oldest`.
+    dropped_oldest: u64,
+    /// Queued publications replaced by a newer one (`conflate`).
+    conflated: u64,
 }
 
 const IOV_MAX: usize = 128;
@@ -344,7 +360,7 @@ impl Shard {
         self.stats().connections.store(n as u64, Ordering::Relaxed);
         self.m.connections.set(n as f64);
         let opened = {
-            let claims = s.claims.borrow();
+            let claims = s.claims();
             self.shared.handler.on_open(&crate::handler::SessionInfo {
                 id,
                 shard: self.id,
@@ -353,10 +369,10 @@ impl Shard {
             })
         };
         if let Err(rej) = opened {
-            s.close(1008, &rej.message);
+            s.close(Close::PolicyViolation, &rej.message);
         } else if draining {
             // Upgraded while the drain order went out: same fate as the rest.
-            s.close(1001, "going away");
+            s.close(Close::GoingAway, Close::GoingAway.reason());
         }
         // First drive: registers the socket's readiness, parses leftovers.
         s.schedule();
@@ -373,7 +389,7 @@ impl Shard {
             self.release_interest(ack.topic);
             return;
         };
-        if s.phase.get() != Phase::Open {
+        if !s.is_open() {
             self.release_interest(ack.topic);
             s.resume();
             return;
@@ -390,12 +406,12 @@ impl Shard {
             s.resume();
             return;
         }
-        let list = st.topics.entry(ack.topic.clone()).or_default();
-        s.subs.borrow_mut().push(SubSlot {
-            topic: ack.topic.clone(),
-            pos: list.len() as u32,
+        let local = st.topics.entry(ack.topic.clone()).or_insert_with(|| Local {
+            subs: Vec::new(),
+            policy: self.settings.policy(&ack.topic),
         });
-        list.push(s.clone());
+        s.add_subscription(ack.topic.clone(), local.subs.len() as u32);
+        local.subs.push(s.clone());
         st.subscriptions += 1;
         self.publish_sub_counts(st);
         // The REPLY and the replay travel like deliveries, so they precede
@@ -405,13 +421,14 @@ impl Shard {
         let reply = subscribe_reply_frame(ack.id, ack.seq, &ack.epoch, ack.recovered);
         // A reply and a replay are not live deliveries: not counted as such.
         let mut acc = WriteAcc::default();
-        let fi = b.push_frame(reply);
+        // Neither is ever dropped or conflated (PROTOCOL.md §8).
+        let fi = b.push_frame(reply, Kind::Reply);
         b.enqueue(&s, fi, max, &mut acc);
         for f in ack.replay {
-            let fi = b.push_frame(f);
+            let fi = b.push_frame(f, Kind::Reply);
             b.enqueue(&s, fi, max, &mut acc);
         }
-        self.m.dropped_slow.increment(acc.dropped_slow);
+        self.count_policies(&acc);
         s.resume();
     }
 
@@ -428,26 +445,16 @@ impl Shard {
     /// Removes `s` from the local index of `topic`. Returns false if it was
     /// not subscribed.
     fn remove_sub(&self, st: &mut State, s: &Session, topic: &str) -> bool {
-        let slot = {
-            let mut subs = s.subs.borrow_mut();
-            let Some(i) = subs.iter().position(|x| &*x.topic == topic) else {
-                return false;
-            };
-            subs.swap_remove(i)
+        let Some(pos) = s.remove_subscription(topic) else {
+            return false;
         };
-        let pos = slot.pos as usize;
-        if let Some(list) = st.topics.get_mut(topic) {
+        let pos = pos as usize;
+        if let Some(local) = st.topics.get_mut(topic) {
+            let list = &mut local.subs;
             if pos < list.len() {
                 list.swap_remove(pos);
                 if let Some(moved) = list.get(pos) {
-                    if let Some(e) = moved
-                        .subs
-                        .borrow_mut()
-                        .iter_mut()
-                        .find(|x| &*x.topic == topic)
-                    {
-                        e.pos = pos as u32;
-                    }
+                    moved.move_subscription(topic, pos as u32);
                 }
             }
             if list.is_empty() {
@@ -488,21 +495,24 @@ impl Shard {
         match msg {
             ShardMsg::Deliver { topic, frame, at } => {
                 let State { topics, batch, .. } = st;
-                let Some(list) = topics.get(&topic) else {
+                let Some(local) = topics.get(&topic) else {
                     return;
                 };
-                let fi = batch.push_frame(frame);
+                let fi = batch.push_frame(frame, Kind::publication(local.policy, &topic));
                 batch.at.push(at);
-                for s in list {
+                for s in &local.subs {
                     batch.enqueue(s, fi, max_outbox, acc);
                 }
             }
             ShardMsg::Subscribed(ack) => self.activate(st, *ack),
             ShardMsg::Evict { topic } => {
-                if let Some(list) = st.topics.get(&topic) {
-                    for s in list {
-                        if s.phase.get() == Phase::Open {
-                            s.close(1001, "topic stream interrupted; subscribe again");
+                if let Some(local) = st.topics.get(&topic) {
+                    for s in &local.subs {
+                        if s.is_open() {
+                            s.close(
+                                Close::GoingAway,
+                                "topic stream interrupted; subscribe again",
+                            );
                         }
                     }
                 }
@@ -511,8 +521,8 @@ impl Shard {
             ShardMsg::Disconnect { user, reply } => {
                 let mut n = 0;
                 for (_, s) in st.sessions.iter() {
-                    if s.phase.get() == Phase::Open && s.claims.borrow().sub == user {
-                        s.close(4003, "disconnected by the operator");
+                    if s.is_open() && s.claims().sub == user {
+                        s.close(Close::Disconnected, Close::Disconnected.reason());
                         n += 1;
                     }
                 }
@@ -521,7 +531,7 @@ impl Shard {
             ShardMsg::Drain => {
                 st.draining = true;
                 for (_, s) in st.sessions.iter() {
-                    s.close(1001, "going away");
+                    s.close(Close::GoingAway, Close::GoingAway.reason());
                 }
             }
         }
@@ -531,73 +541,23 @@ impl Shard {
     /// as long as the socket takes it.
     fn flush_batch(&self, b: &mut Batch, acc: &mut WriteAcc) {
         for s in &b.dirty {
-            s.dirty.set(false);
-            self.write_chain(s, &b.arena, &b.frames, acc);
-            if !s.want_write.get() {
-                s.write_outbox(acc);
-            }
-            if s.out.borrow().bytes() > self.settings.max_outbox && s.phase.get() == Phase::Open {
-                acc.dropped_slow += s.close_slow() as u64;
-            }
+            s.flush(&b.arena, &b.frames, &b.kinds, self.settings.max_outbox, acc);
         }
         b.dirty.clear();
         b.arena.clear();
         b.frames.clear();
+        b.kinds.clear();
     }
 
-    fn write_chain(&self, s: &Session, arena: &[Link], frames: &[Bytes], acc: &mut WriteAcc) {
-        let mut cur = s.head.replace(NONE);
-        s.tail.set(NONE);
-        if cur == NONE {
-            return;
+    fn count_policies(&self, acc: &WriteAcc) {
+        if acc.dropped_slow > 0 {
+            self.m.dropped_slow.increment(acc.dropped_slow);
         }
-        if s.phase.get() == Phase::Closed {
-            return;
+        if acc.dropped_oldest > 0 {
+            self.m.dropped_oldest.increment(acc.dropped_oldest);
         }
-        let frame = |i: u32| &frames[arena[i as usize].frame as usize];
-        loop {
-            let mut iov = [IoSlice::new(&[]); IOV_MAX];
-            let mut n = 0;
-            let mut total = 0;
-            let mut c = cur;
-            while c != NONE && n < IOV_MAX {
-                iov[n] = IoSlice::new(frame(c));
-                total += frame(c).len();
-                n += 1;
-                c = arena[c as usize].next;
-            }
-            let (mut left, blocked) = match s.stream.try_write_vectored(&iov[..n]) {
-                Ok(w) => {
-                    acc.syscalls += 1;
-                    acc.bytes += w as u64;
-                    (w, w < total)
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => (0, true),
-                Err(e) => {
-                    s.fail(e.kind());
-                    return;
-                }
-            };
-            while cur != NONE && left >= frame(cur).len() {
-                left -= frame(cur).len();
-                cur = arena[cur as usize].next;
-            }
-            if cur == NONE {
-                return;
-            }
-            if blocked {
-                // The socket is full: the rest waits in the session's outbox,
-                // in front of anything queued after the chain.
-                let mut rest = Vec::new();
-                let mut c = cur;
-                while c != NONE {
-                    rest.push(frame(c).clone());
-                    c = arena[c as usize].next;
-                }
-                s.out.borrow_mut().prepend(rest.into_iter(), left);
-                s.block();
-                return;
-            }
+        if acc.conflated > 0 {
+            self.m.conflated.increment(acc.conflated);
         }
     }
 
@@ -607,7 +567,7 @@ impl Shard {
         let acc = s.send(frame, self.settings.max_outbox);
         self.m.bytes_out.increment(acc.bytes);
         self.m.write_syscalls.increment(acc.syscalls);
-        self.m.dropped_slow.increment(acc.dropped_slow);
+        self.count_policies(&acc);
     }
 
     /// The shard's clock in milliseconds, starting at 1 (0 means "none").
@@ -617,36 +577,19 @@ impl Shard {
 
     fn tick(&self) {
         let now = self.now_ms();
-        let pong_timeout = self.settings.pong_timeout.as_millis() as u64;
-        let ping_interval = self.settings.ping_interval.as_millis() as u64;
         let unix = crate::auth::token::now_unix();
+        let timing = self.settings.timing();
         let st = self.st.borrow();
         for (_, s) in st.sessions.iter() {
-            if s.phase.get() == Phase::Closing {
-                if s.close_deadline.get() != 0 && now >= s.close_deadline.get() {
-                    // The peer never answered our close: drop it.
-                    s.phase.set(Phase::Closed);
-                    s.schedule();
+            match s.due(now, unix, timing) {
+                Due::Nothing => {}
+                Due::CloseTimedOut => s.abort_close(),
+                Due::Expired => s.close(Close::TokenExpired, Close::TokenExpired.reason()),
+                Due::PingTimeout => s.kill(crate::handler::TransportError::PingTimeout),
+                Due::Ping => {
+                    s.pinged(now);
+                    self.send(s, crate::wire::ws::ping_frame());
                 }
-                continue;
-            }
-            if s.phase.get() != Phase::Open {
-                continue;
-            }
-            // The same leeway the handshake granted, or a token accepted
-            // within it would be closed on the next tick.
-            if s.claims.borrow().exp.saturating_add(self.settings.leeway_s) < unix {
-                s.close(4001, "token expired");
-                continue;
-            }
-            let sent = s.ping_sent.get();
-            if sent != 0 {
-                if now.saturating_sub(sent) >= pong_timeout {
-                    s.kill(crate::handler::TransportError::PingTimeout);
-                }
-            } else if now.saturating_sub(s.last_seen.get()) >= ping_interval {
-                s.ping_sent.set(now);
-                self.send(s, crate::wire::ws::ping_frame());
             }
         }
     }
@@ -749,9 +692,7 @@ async fn delivery_task(shard: Rc<Shard>, mut rx: mpsc::Receiver<ShardMsg>) {
         if acc.syscalls > 0 {
             shard.m.write_syscalls.increment(acc.syscalls);
         }
-        if acc.dropped_slow > 0 {
-            shard.m.dropped_slow.increment(acc.dropped_slow);
-        }
+        shard.count_policies(&acc);
     }
 }
 

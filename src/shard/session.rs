@@ -7,8 +7,13 @@
 //! shard (SUBSCRIBE, PUBLISH) park the session (`pending`) and hand the wait
 //! to a short-lived task. So an idle session is its struct, its socket and
 //! one small waker: no task, no read buffer, no outbox, no timer.
+//!
+//! The session owns its state: the shard reaches it only through the
+//! methods below. Decisions that depend on time ([`due`], [`take_token`])
+//! are plain functions of the state and `now`, tested without sockets.
+//! Every byte written to the client goes through [`Session::write_iov`].
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, Ref, RefCell};
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -23,8 +28,8 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::task::spawn_local;
 
-use super::outbox::Outbox;
-use super::{Shard, WriteAcc, IOV_MAX, NONE};
+use super::outbox::{Kind, Offer, Outbox};
+use super::{Link, Shard, WriteAcc, IOV_MAX, NONE};
 use crate::auth::Claims;
 use crate::handler::{SessionInfo, TransportError};
 use crate::http::limits::ConnPermit;
@@ -32,6 +37,7 @@ use crate::http::Accepted;
 use crate::hub::{HomeMsg, HubError, SessionKey, SubscribeReq};
 use crate::metrics as m;
 use crate::wire::client::{self, Request};
+use crate::wire::close::Close;
 use crate::wire::ws::{self, Decoder, Event};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,35 +55,136 @@ struct Input {
     buf: Vec<u8>,
 }
 
-pub(crate) struct SubSlot {
-    pub topic: Arc<str>,
+struct SubSlot {
+    topic: Arc<str>,
     /// Index of this session in the shard's list for `topic`.
-    pub pos: u32,
+    pos: u32,
+}
+
+/// The session's clocks, in the shard clock's milliseconds
+/// (`Shard::now_ms`), 0 = none: a fifth of the size of `Option<Instant>`,
+/// on every idle session.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Clocks {
+    /// Last time the peer sent anything.
+    pub last_seen: u64,
+    /// When our unanswered ping went out.
+    pub ping_sent: u64,
+    /// When a closing session is dropped whatever the peer does.
+    pub close_deadline: u64,
+}
+
+/// The keepalive and expiry settings [`due`] decides with.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timing {
+    pub ping_interval_ms: u64,
+    pub pong_timeout_ms: u64,
+    pub leeway_s: u64,
+}
+
+/// What a tick owes a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Due {
+    Nothing,
+    /// Quiet for a ping interval: ping it.
+    Ping,
+    /// No pong within the timeout: the transport is gone.
+    PingTimeout,
+    /// Its token expired (4001).
+    Expired,
+    /// It never answered our close: drop it.
+    CloseTimedOut,
+}
+
+/// The keepalive and expiry decision: a function of the session's phase,
+/// clocks and token expiry, `now` (shard ms) and `unix` (seconds).
+pub(crate) fn due(phase: Phase, c: Clocks, exp: u64, now: u64, unix: u64, t: Timing) -> Due {
+    match phase {
+        Phase::Closed => Due::Nothing,
+        Phase::Closing => {
+            if c.close_deadline != 0 && now >= c.close_deadline {
+                Due::CloseTimedOut
+            } else {
+                Due::Nothing
+            }
+        }
+        // The same leeway the handshake granted, or a token accepted within
+        // it would be closed on the next tick.
+        Phase::Open if exp.saturating_add(t.leeway_s) < unix => Due::Expired,
+        Phase::Open if c.ping_sent != 0 => {
+            if now.saturating_sub(c.ping_sent) >= t.pong_timeout_ms {
+                Due::PingTimeout
+            } else {
+                Due::Nothing
+            }
+        }
+        Phase::Open if now.saturating_sub(c.last_seen) >= t.ping_interval_ms => Due::Ping,
+        Phase::Open => Due::Nothing,
+    }
+}
+
+/// A token bucket: `per_s` tokens a second, `burst` at most. The state is
+/// (tokens left, when counted: shard ms, low 32 bits; differences wrap
+/// correctly). Returns the new state and whether the request is over the
+/// limit.
+pub(crate) fn take_token(
+    state: (f32, u32),
+    now: u32,
+    per_s: u32,
+    burst: u32,
+) -> ((f32, u32), bool) {
+    let (tokens, at) = state;
+    let dt = now.wrapping_sub(at) as f32 / 1000.0;
+    let tokens = (tokens + dt * per_s as f32).min(burst.max(1) as f32);
+    if tokens < 1.0 {
+        ((tokens, now), true)
+    } else {
+        ((tokens - 1.0, now), false)
+    }
+}
+
+/// What became of a publication offered to a session in a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Enqueued {
+    /// Linked into the batch: written with the session's other frames.
+    Linked,
+    /// The session is behind: the outbox took it (or a policy acted).
+    Queued(Offer),
+    /// Not open: dropped.
+    Closed,
+}
+
+/// What one write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wrote {
+    /// Everything offered.
+    All,
+    /// This many bytes; the socket is full and the reactor will wait for it.
+    Part(usize),
+    /// The transport broke; the session is closed.
+    Failed,
 }
 
 pub(crate) struct Session {
     pub key: SessionKey,
     pub id: u64,
     pub peer: SocketAddr,
-    pub stream: TcpStream,
-    pub claims: RefCell<Claims>,
-    pub out: RefCell<Outbox>,
+    stream: TcpStream,
+    claims: RefCell<Claims>,
+    out: RefCell<Outbox>,
     /// Inline for the common single subscription: one allocation fewer.
-    pub subs: RefCell<SmallVec<[SubSlot; 1]>>,
-    pub phase: Cell<Phase>,
-    pub close_code: Cell<u16>,
+    subs: RefCell<SmallVec<[SubSlot; 1]>>,
+    phase: Cell<Phase>,
+    close_code: Cell<Close>,
     /// The socket refused bytes; the reactor waits for writability.
-    pub want_write: Cell<bool>,
+    want_write: Cell<bool>,
     /// In the shard's dirty list for the current batch.
-    pub dirty: Cell<bool>,
+    dirty: Cell<bool>,
     /// This batch's frames for this session, as a list in the shard arena.
-    pub head: Cell<u32>,
-    pub tail: Cell<u32>,
+    head: Cell<u32>,
+    tail: Cell<u32>,
     waker: Arc<SlotWaker>,
-    // Times are the shard clock's milliseconds (`Shard::now_ms`), 0 = none:
-    // a fifth of the size of `Option<Instant>`, on every idle session.
-    pub last_seen: Cell<u64>,
-    pub ping_sent: Cell<u64>,
+    clocks: Cell<Clocks>,
     /// A request is waiting for another shard; input stays unread.
     pending: Cell<bool>,
     /// Why the transport broke, for `Handler::on_transport_error`.
@@ -86,13 +193,11 @@ pub(crate) struct Session {
     /// Unparsed input and the frame decoder's state; only while a read
     /// leaves an incomplete frame (or fragment) behind.
     input: RefCell<Option<Box<Input>>>,
-    /// Rate-limit tokens left and when they were counted (shard ms, low
-    /// 32 bits; differences wrap correctly).
+    /// Rate-limit state for [`take_token`].
     bucket: Cell<(f32, u32)>,
     strikes: Cell<u32>,
     peer_closed: Cell<bool>,
     half_closed: Cell<bool>,
-    pub close_deadline: Cell<u64>,
     _permit: ConnPermit,
 }
 
@@ -154,7 +259,7 @@ impl Session {
             out: RefCell::new(Outbox::default()),
             subs: RefCell::new(SmallVec::new()),
             phase: Cell::new(Phase::Open),
-            close_code: Cell::new(1006),
+            close_code: Cell::new(Close::Abnormal),
             want_write: Cell::new(false),
             dirty: Cell::new(false),
             head: Cell::new(NONE),
@@ -164,8 +269,10 @@ impl Session {
                 queued: AtomicBool::new(false),
                 queue,
             }),
-            last_seen: Cell::new(now_ms),
-            ping_sent: Cell::new(0),
+            clocks: Cell::new(Clocks {
+                last_seen: now_ms,
+                ..Clocks::default()
+            }),
             pending: Cell::new(false),
             transport_error: Cell::new(None),
             input: RefCell::new((!leftover.is_empty()).then(|| {
@@ -178,10 +285,57 @@ impl Session {
             strikes: Cell::new(0),
             peer_closed: Cell::new(false),
             half_closed: Cell::new(false),
-            close_deadline: Cell::new(0),
             _permit: acc.permit,
         }
     }
+
+    pub fn is_open(&self) -> bool {
+        self.phase.get() == Phase::Open
+    }
+
+    pub fn claims(&self) -> Ref<'_, Claims> {
+        self.claims.borrow()
+    }
+
+    // --- subscriptions (the shard's index keeps the other half) ---
+
+    pub fn subscription_count(&self) -> usize {
+        self.subs.borrow().len()
+    }
+
+    pub fn is_subscribed(&self, topic: &str) -> bool {
+        self.subs.borrow().iter().any(|x| &*x.topic == topic)
+    }
+
+    pub fn topics(&self) -> Vec<Arc<str>> {
+        self.subs.borrow().iter().map(|x| x.topic.clone()).collect()
+    }
+
+    /// Records that this session is at `pos` in the shard's list of `topic`.
+    pub fn add_subscription(&self, topic: Arc<str>, pos: u32) {
+        self.subs.borrow_mut().push(SubSlot { topic, pos });
+    }
+
+    /// Forgets `topic`; returns where the session was in its list.
+    pub fn remove_subscription(&self, topic: &str) -> Option<u32> {
+        let mut subs = self.subs.borrow_mut();
+        let i = subs.iter().position(|x| &*x.topic == topic)?;
+        Some(subs.swap_remove(i).pos)
+    }
+
+    /// The shard moved this session to `pos` in the list of `topic`.
+    pub fn move_subscription(&self, topic: &str, pos: u32) {
+        if let Some(e) = self
+            .subs
+            .borrow_mut()
+            .iter_mut()
+            .find(|x| &*x.topic == topic)
+        {
+            e.pos = pos;
+        }
+    }
+
+    // --- scheduling ---
 
     /// Queues this session for the reactor.
     pub fn schedule(&self) {
@@ -196,19 +350,169 @@ impl Session {
     }
 
     /// The socket is full: let the reactor wait for it.
-    pub fn block(&self) {
+    fn block(&self) {
         if !self.want_write.replace(true) {
             self.schedule();
         }
     }
 
+    // --- the write path ---
+
+    /// The only place a session's socket is written: one vectored write of
+    /// `total` bytes, with its partial writes, errors and counts.
+    fn write_iov(&self, iov: &[IoSlice<'_>], total: usize, acc: &mut WriteAcc) -> Wrote {
+        match self.stream.try_write_vectored(iov) {
+            Ok(w) => {
+                acc.syscalls += 1;
+                acc.bytes += w as u64;
+                if w < total {
+                    self.block();
+                    Wrote::Part(w)
+                } else {
+                    Wrote::All
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.block();
+                Wrote::Part(0)
+            }
+            Err(e) => {
+                self.fail(e.kind());
+                Wrote::Failed
+            }
+        }
+    }
+
+    /// Applies what a policy decided about a queued frame.
+    fn settled(&self, offer: Offer, acc: &mut WriteAcc) {
+        match offer {
+            Offer::Queued => {}
+            Offer::Replaced => acc.conflated += 1,
+            Offer::Dropped(n) => acc.dropped_oldest += n as u64,
+            Offer::Overflow => acc.dropped_slow += self.close_slow() as u64,
+        }
+    }
+
+    /// Offers frame `fi` of the current batch (`frame`, of kind `kind`):
+    /// linked into the batch arena while the socket keeps up, else behind
+    /// the outbox (and its policies) so order holds. `kind` is only built
+    /// on that slow path.
+    pub fn enqueue(
+        &self,
+        arena: &mut Vec<Link>,
+        fi: u32,
+        frame: &Bytes,
+        kind: impl FnOnce() -> Kind,
+        bound: usize,
+        acc: &mut WriteAcc,
+    ) -> Enqueued {
+        if self.phase.get() != Phase::Open {
+            return Enqueued::Closed;
+        }
+        if !self.out.borrow().is_empty() {
+            let offer = self.out.borrow_mut().push(frame.clone(), kind(), bound);
+            self.settled(offer, acc);
+            return Enqueued::Queued(offer);
+        }
+        let idx = arena.len() as u32;
+        arena.push(Link {
+            frame: fi,
+            next: NONE,
+        });
+        let tail = self.tail.replace(idx);
+        if tail == NONE {
+            self.head.set(idx);
+        } else {
+            arena[tail as usize].next = idx;
+        }
+        Enqueued::Linked
+    }
+
+    /// Puts the session on the batch's dirty list once.
+    pub fn mark_dirty(&self) -> bool {
+        !self.dirty.replace(true)
+    }
+
+    /// Writes what the batch queued for this session (one vectored write
+    /// per `IOV_MAX` frames while the socket takes them), then its outbox.
+    /// What the socket refuses goes to the front of the outbox, under the
+    /// slow-consumer policies.
+    pub fn flush(
+        &self,
+        arena: &[Link],
+        frames: &[Bytes],
+        kinds: &[Kind],
+        bound: usize,
+        acc: &mut WriteAcc,
+    ) {
+        self.dirty.set(false);
+        self.write_chain(arena, frames, kinds, bound, acc);
+        if !self.want_write.get() {
+            self.write_outbox(acc);
+        }
+    }
+
+    fn write_chain(
+        &self,
+        arena: &[Link],
+        frames: &[Bytes],
+        kinds: &[Kind],
+        bound: usize,
+        acc: &mut WriteAcc,
+    ) {
+        let mut cur = self.head.replace(NONE);
+        self.tail.set(NONE);
+        if cur == NONE || self.phase.get() == Phase::Closed {
+            return;
+        }
+        let frame = |i: u32| &frames[arena[i as usize].frame as usize];
+        loop {
+            let mut iov = [IoSlice::new(&[]); IOV_MAX];
+            let mut n = 0;
+            let mut total = 0;
+            let mut c = cur;
+            while c != NONE && n < IOV_MAX {
+                iov[n] = IoSlice::new(frame(c));
+                total += frame(c).len();
+                n += 1;
+                c = arena[c as usize].next;
+            }
+            let (mut left, blocked) = match self.write_iov(&iov[..n], total, acc) {
+                Wrote::All => (total, false),
+                Wrote::Part(w) => (w, true),
+                Wrote::Failed => return,
+            };
+            while cur != NONE && left >= frame(cur).len() {
+                left -= frame(cur).len();
+                cur = arena[cur as usize].next;
+            }
+            if cur == NONE {
+                return;
+            }
+            if blocked {
+                // The rest waits in the outbox, in front of anything queued
+                // after the chain.
+                let mut rest = Vec::new();
+                let mut c = cur;
+                while c != NONE {
+                    let fi = arena[c as usize].frame as usize;
+                    rest.push((frames[fi].clone(), kinds[fi].clone()));
+                    c = arena[c as usize].next;
+                }
+                let offer = self.out.borrow_mut().prepend(rest.into_iter(), left, bound);
+                self.settled(offer, acc);
+                return;
+            }
+        }
+    }
+
     /// Writes the outbox until it is empty or the socket is full.
-    pub fn write_outbox(&self, acc: &mut WriteAcc) {
+    fn write_outbox(&self, acc: &mut WriteAcc) {
         loop {
             if self.phase.get() == Phase::Closed {
                 return;
             }
-            let result = {
+            let wrote = {
                 let out = self.out.borrow();
                 if out.is_empty() {
                     break;
@@ -216,28 +520,17 @@ impl Session {
                 let mut iov = [IoSlice::new(&[]); IOV_MAX];
                 let n = out.fill(&mut iov);
                 let total: usize = iov[..n].iter().map(|s| s.len()).sum();
-                self.stream
-                    .try_write_vectored(&iov[..n])
-                    .map(|w| (w, w < total))
+                (self.write_iov(&iov[..n], total, acc), total)
             };
-            match result {
-                Ok((w, partial)) => {
-                    acc.syscalls += 1;
-                    acc.bytes += w as u64;
+            match wrote {
+                (Wrote::All, total) => {
+                    self.out.borrow_mut().advance(total);
+                }
+                (Wrote::Part(w), _) => {
                     self.out.borrow_mut().advance(w);
-                    if partial {
-                        self.block();
-                        return;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.block();
                     return;
                 }
-                Err(e) => {
-                    self.fail(e.kind());
-                    return;
-                }
+                (Wrote::Failed, _) => return,
             }
         }
         if self.phase.get() == Phase::Closing {
@@ -248,51 +541,49 @@ impl Session {
 
     /// Sends one frame outside a delivery batch (replies, pings): straight
     /// to the socket when nothing is queued, so an idle session never needs
-    /// an outbox; behind the queue otherwise.
-    pub fn send(&self, frame: Bytes, max_outbox: usize) -> WriteAcc {
+    /// an outbox; behind the queue otherwise. Such frames count toward the
+    /// bound but are never dropped by a policy.
+    pub fn send(&self, frame: Bytes, bound: usize) -> WriteAcc {
         let mut acc = WriteAcc::default();
         if self.phase.get() == Phase::Closed {
             return acc;
         }
-        if self.out.borrow().is_empty() && !self.want_write.get() {
-            match self.stream.try_write(&frame) {
-                Ok(w) => {
-                    acc.syscalls += 1;
-                    acc.bytes += w as u64;
-                    if w == frame.len() {
-                        return acc;
-                    }
-                    self.out.borrow_mut().push(frame.slice(w..));
-                    self.block();
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.out.borrow_mut().push(frame);
-                    self.block();
-                }
-                Err(e) => self.fail(e.kind()),
+        let offer = if self.out.borrow().is_empty() && !self.want_write.get() {
+            match self.write_iov(&[IoSlice::new(&frame)], frame.len(), &mut acc) {
+                Wrote::All | Wrote::Failed => return acc,
+                Wrote::Part(w) => self
+                    .out
+                    .borrow_mut()
+                    .push(frame.slice(w..), Kind::Reply, bound),
             }
         } else {
-            self.out.borrow_mut().push(frame);
+            let offer = self.out.borrow_mut().push(frame, Kind::Reply, bound);
             if !self.want_write.get() {
                 self.write_outbox(&mut acc);
             }
-        }
-        if self.out.borrow().bytes() > max_outbox && self.phase.get() == Phase::Open {
-            acc.dropped_slow += self.close_slow() as u64;
+            offer
+        };
+        if self.phase.get() == Phase::Open {
+            self.settled(offer, &mut acc);
         }
         acc
     }
 
+    // --- closing ---
+
     /// Starts the closing handshake with `code`; what is already queued is
     /// still delivered first.
-    pub fn close(&self, code: u16, reason: &str) {
+    pub fn close(&self, code: Close, reason: &str) {
         if self.phase.get() != Phase::Open {
             return;
         }
         self.phase.set(Phase::Closing);
         self.close_code.set(code);
         m::close(code);
-        self.out.borrow_mut().push(ws::close_frame(code, reason));
+        // Never refused: the close frame must follow what is queued.
+        self.out
+            .borrow_mut()
+            .push(ws::close_frame(code, reason), Kind::Reply, usize::MAX);
         // The reactor writes it: closes come from contexts (the delivery
         // batch, the ticker) that must not write out of order with a batch.
         self.schedule();
@@ -300,36 +591,66 @@ impl Session {
 
     /// Closes a subscriber that cannot keep up (4008), dropping what it has
     /// not started to receive. Returns the number of frames dropped.
-    pub fn close_slow(&self) -> usize {
+    fn close_slow(&self) -> usize {
         if self.phase.get() != Phase::Open {
             return 0;
         }
         let dropped = self.out.borrow_mut().drop_unstarted();
         tracing::debug!(session = self.id, peer = %self.peer, dropped, "slow consumer closed");
-        self.close(4008, "slow consumer");
+        self.close(Close::SlowConsumer, Close::SlowConsumer.reason());
         dropped
     }
 
     /// The transport broke: no close handshake is possible.
     pub fn fail(&self, kind: io::ErrorKind) {
-        self.kill_with(TransportError::Io(kind));
+        self.kill(TransportError::Io(kind));
     }
 
     pub fn kill(&self, why: TransportError) {
-        self.kill_with(why);
-    }
-
-    fn kill_with(&self, why: TransportError) {
         if self.phase.get() == Phase::Closed {
             return;
         }
         if self.phase.get() == Phase::Open {
-            self.close_code.set(1006);
-            m::close(1006);
+            self.close_code.set(Close::Abnormal);
+            m::close(Close::Abnormal);
         }
         self.phase.set(Phase::Closed);
         self.transport_error.set(Some(Box::new(why)));
         self.schedule();
+    }
+
+    // --- timers ---
+
+    /// What the tick owes this session (see [`due`]).
+    pub fn due(&self, now: u64, unix: u64, t: Timing) -> Due {
+        due(
+            self.phase.get(),
+            self.clocks.get(),
+            self.claims.borrow().exp,
+            now,
+            unix,
+            t,
+        )
+    }
+
+    /// A keepalive ping goes out now.
+    pub fn pinged(&self, now: u64) {
+        let mut c = self.clocks.get();
+        c.ping_sent = now;
+        self.clocks.set(c);
+    }
+
+    /// Gives up on a peer that never answered our close.
+    pub fn abort_close(&self) {
+        self.phase.set(Phase::Closed);
+        self.schedule();
+    }
+
+    fn heard(&self, now: u64) {
+        let mut c = self.clocks.get();
+        c.last_seen = now;
+        c.ping_sent = 0;
+        self.clocks.set(c);
     }
 }
 
@@ -338,8 +659,8 @@ impl Session {
 enum Action {
     None,
     Send(Bytes),
-    Close(u16, &'static str),
-    PeerClose(Option<u16>),
+    Close(Close, &'static str),
+    PeerClose(Option<Close>),
     Subscribe {
         id: u32,
         topic: Arc<str>,
@@ -375,9 +696,10 @@ pub(crate) fn drive(shard: &Rc<Shard>, s: &Rc<Session>) {
         match s.phase.get() {
             Phase::Closed => return finish(shard, s),
             Phase::Closing => {
-                if s.close_deadline.get() == 0 {
-                    let close = shard.settings.close.as_millis() as u64;
-                    s.close_deadline.set(shard.now_ms() + close);
+                let mut c = s.clocks.get();
+                if c.close_deadline == 0 {
+                    c.close_deadline = shard.now_ms() + shard.settings.close.as_millis() as u64;
+                    s.clocks.set(c);
                 }
                 if s.out.borrow().is_empty() && !s.want_write.get() {
                     if !s.half_closed.replace(true) {
@@ -456,8 +778,7 @@ fn read(shard: &Rc<Shard>, s: &Rc<Session>) {
             }
         }
         Ok(_) => {
-            s.last_seen.set(shard.now_ms());
-            s.ping_sent.set(0);
+            s.heard(shard.now_ms());
             process(shard, s);
         }
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -545,26 +866,23 @@ fn classify(shard: &Shard, s: &Session, ev: Event<'_>) -> Action {
     let limited = matches!(ev, Event::Binary(_) | Event::Ping(_)) && {
         let set = &shard.settings;
         set.msgs_per_s > 0 && {
-            // A token bucket: `msgs_per_s` tokens a second, `burst` at most.
-            let (tokens, at) = s.bucket.get();
             let now = shard.now_ms() as u32;
-            let dt = now.wrapping_sub(at) as f32 / 1000.0;
-            let tokens = (tokens + dt * set.msgs_per_s as f32).min(set.burst.max(1) as f32);
-            let empty = tokens < 1.0;
-            s.bucket
-                .set((if empty { tokens } else { tokens - 1.0 }, now));
-            empty
+            let (bucket, limited) = take_token(s.bucket.get(), now, set.msgs_per_s, set.burst);
+            s.bucket.set(bucket);
+            limited
         }
     };
     if limited {
         let strikes = s.strikes.get() + 1;
         s.strikes.set(strikes);
         if strikes > shard.settings.strikes {
-            return Action::Close(4029, "rate limited");
+            return Action::Close(Close::RateLimited, Close::RateLimited.reason());
         }
     }
     let msg = match ev {
-        Event::Text => return Action::Close(1003, "text frames are not supported"),
+        Event::Text => {
+            return Action::Close(Close::UnsupportedData, Close::UnsupportedData.reason())
+        }
         Event::Ping(p) if limited => {
             let _ = p;
             return Action::None;
@@ -587,16 +905,15 @@ fn classify(shard: &Shard, s: &Session, ev: Event<'_>) -> Action {
             if !claims.topics.allows(topic) {
                 return error(*id, 403, "topic not allowed");
             }
-            let subs = s.subs.borrow();
-            if subs.iter().any(|x| &*x.topic == *topic) {
+            if s.is_subscribed(topic) {
                 return error(*id, 409, "already subscribed");
             }
-            if subs.len() >= shard.settings.max_subscriptions {
+            if s.subscription_count() >= shard.settings.max_subscriptions {
                 return error(*id, 413, "too many subscriptions");
             }
         }
         Request::Unsubscribe { id, topic } => {
-            if !s.subs.borrow().iter().any(|x| &*x.topic == *topic) {
+            if !s.is_subscribed(topic) {
                 return error(*id, 409, "not subscribed");
             }
         }
@@ -659,7 +976,7 @@ fn act(shard: &Rc<Shard>, s: &Rc<Session>, action: Action) {
             s.peer_closed.set(true);
             if s.phase.get() == Phase::Open {
                 // Echo the peer's code, as RFC 6455 §5.5.1 suggests.
-                s.close(code.unwrap_or(1000), "");
+                s.close(code.unwrap_or(Close::Normal), "");
             }
         }
         Action::Subscribe { id, topic, recover } => {
@@ -723,7 +1040,7 @@ fn act(shard: &Rc<Shard>, s: &Rc<Session>, action: Action) {
 /// Leaves the shard's tables and tells the homes; runs once per session.
 fn finish(shard: &Rc<Shard>, s: &Rc<Session>) {
     s.phase.set(Phase::Closed);
-    let topics: Vec<Arc<str>> = s.subs.borrow().iter().map(|x| x.topic.clone()).collect();
+    let topics = s.topics();
     let remaining = {
         let mut st = shard.st.borrow_mut();
         if Shard::session(&st, s.key).is_none() {
@@ -760,8 +1077,8 @@ fn finish(shard: &Rc<Shard>, s: &Rc<Session>) {
 /// passed), so `Handler::on_close` still runs once for it.
 pub(crate) fn abandon(shard: &Shard, s: &Session) {
     if s.phase.get() == Phase::Open {
-        s.close_code.set(1006);
-        m::close(1006);
+        s.close_code.set(Close::Abnormal);
+        m::close(Close::Abnormal);
     }
     s.phase.set(Phase::Closed);
     let claims = s.claims.borrow();
@@ -769,4 +1086,97 @@ pub(crate) fn abandon(shard: &Shard, s: &Session) {
         .shared
         .handler
         .on_close(&info(shard, s, &claims), s.close_code.get());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: Timing = Timing {
+        ping_interval_ms: 1000,
+        pong_timeout_ms: 500,
+        leeway_s: 5,
+    };
+
+    fn clocks(last_seen: u64, ping_sent: u64, close_deadline: u64) -> Clocks {
+        Clocks {
+            last_seen,
+            ping_sent,
+            close_deadline,
+        }
+    }
+
+    #[test]
+    fn keepalive_pings_a_quiet_session_then_times_it_out() {
+        let exp = 1_000;
+        let unix = 900;
+        assert_eq!(
+            due(Phase::Open, clocks(10, 0, 0), exp, 1009, unix, T),
+            Due::Nothing
+        );
+        assert_eq!(
+            due(Phase::Open, clocks(10, 0, 0), exp, 1010, unix, T),
+            Due::Ping
+        );
+        // Pinged at 1010: waiting for the pong, no second ping.
+        assert_eq!(
+            due(Phase::Open, clocks(10, 1010, 0), exp, 1509, unix, T),
+            Due::Nothing
+        );
+        assert_eq!(
+            due(Phase::Open, clocks(10, 1010, 0), exp, 1510, unix, T),
+            Due::PingTimeout
+        );
+    }
+
+    #[test]
+    fn expiry_honours_the_leeway_and_beats_keepalive() {
+        let c = clocks(10, 0, 0);
+        assert_eq!(due(Phase::Open, c, 100, 20, 105, T), Due::Nothing);
+        assert_eq!(due(Phase::Open, c, 100, 20, 106, T), Due::Expired);
+        assert_eq!(
+            due(Phase::Open, clocks(10, 5, 0), 100, 5000, 106, T),
+            Due::Expired
+        );
+    }
+
+    #[test]
+    fn a_closing_session_waits_for_its_deadline_only() {
+        assert_eq!(
+            due(Phase::Closing, clocks(0, 0, 0), 0, 99_999, 999, T),
+            Due::Nothing
+        );
+        assert_eq!(
+            due(Phase::Closing, clocks(0, 0, 50), 0, 49, 999, T),
+            Due::Nothing
+        );
+        assert_eq!(
+            due(Phase::Closing, clocks(0, 0, 50), 0, 50, 999, T),
+            Due::CloseTimedOut
+        );
+        assert_eq!(
+            due(Phase::Closed, clocks(0, 1, 1), 0, 50, 999, T),
+            Due::Nothing
+        );
+    }
+
+    #[test]
+    fn token_bucket_allows_the_burst_then_the_rate() {
+        let mut b = (3.0, 0);
+        let mut limited = 0;
+        for _ in 0..5 {
+            let (nb, l) = take_token(b, 0, 10, 3);
+            b = nb;
+            limited += usize::from(l);
+        }
+        assert_eq!(limited, 2, "a burst of 3, then refused");
+        // 100 ms at 10/s is one token.
+        let (b2, l) = take_token(b, 100, 10, 3);
+        assert!(!l);
+        let (_, l) = take_token(b2, 100, 10, 3);
+        assert!(l);
+        // The shard clock's low 32 bits wrap; the difference still counts.
+        let (_, l) = take_token((0.0, u32::MAX - 50), 50, 10, 3);
+        assert!(!l, "101 ms across the wrap refill a token");
+    }
 }

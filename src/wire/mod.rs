@@ -12,9 +12,12 @@
 //! - [`ws`]: RFC 6455 server-side framing (masked client frames in,
 //!   unmasked pre-encoded frames out).
 //! - [`client`]: the client protocol carried in WebSocket binary messages.
+//! - [`close`]: the table of close codes (who is at fault, what a client
+//!   should do next).
 //! - [`feed`]: the length-prefixed TCP ingest protocol.
 
 pub mod client;
+pub mod close;
 pub mod feed;
 pub mod msgpack;
 pub mod topic;

@@ -9,6 +9,8 @@
 
 use bytes::Bytes;
 
+use super::close::Close;
+
 pub const OP_CONT: u8 = 0x0;
 pub const OP_TEXT: u8 = 0x1;
 pub const OP_BINARY: u8 = 0x2;
@@ -19,36 +21,23 @@ pub const OP_PONG: u8 = 0xA;
 /// Control frames carry at most this many payload bytes (RFC 6455 §5.5).
 pub const MAX_CONTROL_PAYLOAD: usize = 125;
 
-/// Close codes used by herald (PROTOCOL.md §1).
-pub const CLOSE_NORMAL: u16 = 1000;
-pub const CLOSE_GOING_AWAY: u16 = 1001;
-pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
-pub const CLOSE_UNSUPPORTED_DATA: u16 = 1003;
-pub const CLOSE_INVALID_PAYLOAD: u16 = 1007;
-pub const CLOSE_POLICY_VIOLATION: u16 = 1008;
-pub const CLOSE_TOO_BIG: u16 = 1009;
-pub const CLOSE_TOKEN_EXPIRED: u16 = 4001;
-pub const CLOSE_DISCONNECTED: u16 = 4003;
-pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
-pub const CLOSE_RATE_LIMITED: u16 = 4029;
-
 /// A violation by the peer; `code` is the close code to answer with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("websocket protocol violation ({code}): {reason}")]
 pub struct WsError {
-    pub code: u16,
+    pub code: Close,
     pub reason: &'static str,
 }
 
 const fn protocol(reason: &'static str) -> WsError {
     WsError {
-        code: CLOSE_PROTOCOL_ERROR,
+        code: Close::ProtocolError,
         reason,
     }
 }
 
 const TOO_BIG: WsError = WsError {
-    code: CLOSE_TOO_BIG,
+    code: Close::TooBig,
     reason: "message too big",
 };
 
@@ -64,7 +53,7 @@ pub enum Event<'a> {
     Ping(&'a [u8]),
     Pong(&'a [u8]),
     /// The close code if the peer sent one, and its (possibly empty) reason.
-    Close(Option<u16>, &'a str),
+    Close(Option<Close>, &'a str),
 }
 
 /// A fragmented binary message being reassembled.
@@ -190,10 +179,10 @@ fn parse_close(payload: &[u8]) -> Result<Event<'_>, WsError> {
                 return Err(protocol("invalid close code"));
             }
             let reason = std::str::from_utf8(reason).map_err(|_| WsError {
-                code: CLOSE_INVALID_PAYLOAD,
+                code: Close::InvalidPayload,
                 reason: "close reason is not utf-8",
             })?;
-            Ok(Event::Close(Some(code), reason))
+            Ok(Event::Close(Some(Close::from_code(code)), reason))
         }
     }
 }
@@ -364,12 +353,15 @@ fn frame(opcode: u8, parts: &[&[u8]]) -> Bytes {
 
 /// A close frame; the reason is cut (on a char boundary) to fit the
 /// 125-byte control payload.
-pub fn close_frame(code: u16, reason: &str) -> Bytes {
+pub fn close_frame(code: Close, reason: &str) -> Bytes {
     let mut n = reason.len().min(MAX_CONTROL_PAYLOAD - 2);
     while !reason.is_char_boundary(n) {
         n -= 1;
     }
-    frame(OP_CLOSE, &[&code.to_be_bytes(), &reason.as_bytes()[..n]])
+    frame(
+        OP_CLOSE,
+        &[&code.code().to_be_bytes(), &reason.as_bytes()[..n]],
+    )
 }
 
 /// The answer to a ping; `payload` is cut to 125 bytes so the frame stays
@@ -433,7 +425,7 @@ mod tests {
             Event::Text => Ev::Text,
             Event::Ping(b) => Ev::Ping(b.to_vec()),
             Event::Pong(b) => Ev::Pong(b.to_vec()),
-            Event::Close(c, r) => Ev::Close(c, r.to_string()),
+            Event::Close(c, r) => Ev::Close(c.map(Close::code), r.to_string()),
         }
     }
 
@@ -614,11 +606,11 @@ mod tests {
         for rsv in [0x40u8, 0x20, 0x10] {
             let mut f = bin(b"x");
             f[0] |= rsv;
-            assert_eq!(err(&f).code, 1002);
+            assert_eq!(err(&f).code.code(), 1002);
         }
         for op in [3u8, 4, 5, 6, 7, 0xb, 0xc, 0xd, 0xe, 0xf] {
             assert_eq!(
-                err(&client_frame(op, true, M, b"x")).code,
+                err(&client_frame(op, true, M, b"x")).code.code(),
                 1002,
                 "opcode {op}"
             );
@@ -627,8 +619,8 @@ mod tests {
         assert_eq!(err(&unmasked), protocol("unmasked client frame"));
         // Refused from the first two bytes, without waiting for the rest.
         let mut d = Decoder::new(100);
-        assert_eq!(d.decode(&mut [0x82, 0x7f]).unwrap_err().code, 1002);
-        assert_eq!(d.decode(&mut [0xc2, 0x80]).unwrap_err().code, 1002);
+        assert_eq!(d.decode(&mut [0x82, 0x7f]).unwrap_err().code.code(), 1002);
+        assert_eq!(d.decode(&mut [0xc2, 0x80]).unwrap_err().code.code(), 1002);
     }
 
     #[test]
@@ -637,13 +629,16 @@ mod tests {
             err(&client_frame(OP_PING, false, M, b"")),
             protocol("fragmented control frame")
         );
-        assert_eq!(err(&client_frame(OP_CLOSE, false, M, b"")).code, 1002);
+        assert_eq!(
+            err(&client_frame(OP_CLOSE, false, M, b"")).code.code(),
+            1002
+        );
         assert_eq!(
             err(&client_frame(OP_PONG, true, M, &[0; 126])),
             protocol("control frame too long")
         );
         // Even with a 16-bit length field announcing a small size.
-        assert_eq!(err(&[0x89, 0xfe]).code, 1002);
+        assert_eq!(err(&[0x89, 0xfe]).code.code(), 1002);
     }
 
     #[test]
@@ -663,14 +658,14 @@ mod tests {
         assert_eq!(err(&input), protocol("new message inside a fragmented one"));
         let mut input = client_frame(OP_BINARY, false, M, b"a");
         input.extend(client_frame(OP_TEXT, true, M, b"b"));
-        assert_eq!(err(&input).code, 1002);
+        assert_eq!(err(&input).code.code(), 1002);
         // After a finished fragmented message, a continuation is an error again.
         let mut input = client_frame(OP_BINARY, false, M, b"a");
         input.extend(client_frame(OP_CONT, true, M, b"b"));
         input.extend(client_frame(OP_CONT, true, M, b"c"));
         let (ev, e) = decode_all(&input);
         assert_eq!(ev, vec![Ev::Binary(b"ab".to_vec())]);
-        assert_eq!(e.map(|e| e.code), Some(1002));
+        assert_eq!(e.map(|e| e.code.code()), Some(1002));
     }
 
     #[test]
@@ -742,7 +737,7 @@ mod tests {
         assert_eq!(c(&[0x03]).1, Some(protocol("close payload of one byte")));
         for code in [0u16, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535] {
             assert_eq!(
-                c(&code.to_be_bytes()).1.map(|e| e.code),
+                c(&code.to_be_bytes()).1.map(|e| e.code.code()),
                 Some(1002),
                 "code {code}"
             );
@@ -757,7 +752,7 @@ mod tests {
         }
         let mut bad = 1000u16.to_be_bytes().to_vec();
         bad.extend_from_slice(&[0xce, 0xba, 0xe1, 0xbd]); // truncated UTF-8
-        assert_eq!(c(&bad).1.map(|e| e.code), Some(1007));
+        assert_eq!(c(&bad).1.map(|e| e.code.code()), Some(1007));
     }
 
     #[test]
@@ -799,17 +794,20 @@ mod tests {
         let big = binary_frame(&[0; 300]);
         assert_eq!(big[..4], [0x82, 126, 0x01, 0x2c]);
         assert_eq!(big.len(), 304);
-        assert_eq!(&close_frame(1000, "")[..], [0x88, 0x02, 0x03, 0xe8]);
         assert_eq!(
-            &close_frame(4008, "slow")[..],
+            &close_frame(Close::Normal, "")[..],
+            [0x88, 0x02, 0x03, 0xe8]
+        );
+        assert_eq!(
+            &close_frame(Close::SlowConsumer, "slow")[..],
             [0x88, 0x06, 0x0f, 0xa8, b's', b'l', b'o', b'w']
         );
         // 2-byte chars: 61 fit in 122 bytes, the 62nd would straddle 123.
         let long = "é".repeat(100);
-        let c = close_frame(1001, &long);
+        let c = close_frame(Close::GoingAway, &long);
         assert_eq!(c[1] as usize, 2 + 122);
         assert!(std::str::from_utf8(&c[4..]).is_ok());
-        assert_eq!(close_frame(1001, &"a".repeat(500))[1], 125);
+        assert_eq!(close_frame(Close::GoingAway, &"a".repeat(500))[1], 125);
     }
 
     #[test]
