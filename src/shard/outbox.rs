@@ -468,4 +468,150 @@ mod tests {
         assert_eq!(o.len(), 3, "one per topic plus the started frame");
         assert_eq!(iov_bytes(&o), [b'2', b'x', 99, b'y', b'3']);
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// 0 reply, 1 disconnect, 2 drop_oldest, 3.. conflate topic k-3.
+        fn kind(k: u8) -> Kind {
+            match k {
+                0 => Kind::Reply,
+                1 => Kind::Disconnect,
+                2 => Kind::DropOldest,
+                k => Kind::Conflate(Arc::from(format!("t{}", k - 3))),
+            }
+        }
+
+        /// A frame that says what it is: length, id, kind, then padding.
+        fn frame(id: u32, k: u8, size: usize) -> Bytes {
+            let mut f = Vec::with_capacity(size);
+            f.extend((size as u16).to_be_bytes());
+            f.extend(id.to_be_bytes());
+            f.push(k);
+            f.resize(size, 0xAB);
+            Bytes::from(f)
+        }
+
+        fn parse(mut stream: &[u8]) -> Vec<(u32, u8)> {
+            let mut out = Vec::new();
+            while stream.len() >= 7 {
+                let len = u16::from_be_bytes([stream[0], stream[1]]) as usize;
+                let id = u32::from_be_bytes([stream[2], stream[3], stream[4], stream[5]]);
+                out.push((id, stream[6]));
+                stream = &stream[len..];
+            }
+            assert!(stream.is_empty(), "the stream ends on a frame boundary");
+            out
+        }
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Push(u8, usize),
+            Write(usize),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                3 => (0u8..6, 7usize..300).prop_map(|(k, n)| Op::Push(k, n)),
+                1 => (0usize..1500).prop_map(Op::Write),
+            ]
+        }
+
+        /// Writes up to `n` bytes, as a socket would take them.
+        fn write(o: &mut Outbox, n: usize, stream: &mut Vec<u8>) {
+            let mut iov = vec![IoSlice::new(&[]); 4096];
+            let k = o.fill(&mut iov);
+            let mut left = n;
+            for s in &iov[..k] {
+                let take = s.len().min(left);
+                stream.extend_from_slice(&s[..take]);
+                left -= take;
+            }
+            o.advance(n - left);
+        }
+
+        fn check_accounting(o: &Outbox) {
+            let mut iov = vec![IoSlice::new(&[]); 4096];
+            let k = o.fill(&mut iov);
+            assert_eq!(k, o.len());
+            let total: usize = iov[..k].iter().map(|s| s.len()).sum();
+            assert_eq!(total, o.bytes());
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn the_policies_keep_order_bound_and_every_reply(
+                bound in 64usize..2000,
+                ops in proptest::collection::vec(op(), 1..200),
+            ) {
+                let mut o = Outbox::default();
+                let mut stream = Vec::new();
+                let mut pushed: Vec<(u32, u8)> = Vec::new();
+                let mut overflowed = false;
+                for (id, op) in ops.into_iter().enumerate() {
+                    match op {
+                        Op::Push(k, size) => {
+                            let offer = o.push(frame(id as u32, k, size), kind(k), bound);
+                            pushed.push((id as u32, k));
+                            if offer == Offer::Overflow {
+                                overflowed = true;
+                                break;
+                            }
+                            // Outside conflated topics, the bound holds.
+                            let q: &Queue = &o;
+                            prop_assert!(q.bytes - q.conflated <= bound);
+                            if q.behind {
+                                // At most one unstarted entry per conflated topic.
+                                let start = q.first_unstarted();
+                                let mut topics = HashSet::new();
+                                for e in q.entries.iter().skip(start) {
+                                    if let Kind::Conflate(t) = &e.kind {
+                                        prop_assert!(topics.insert(t.clone()));
+                                    }
+                                }
+                            }
+                        }
+                        Op::Write(n) => write(&mut o, n, &mut stream),
+                    }
+                    check_accounting(&o);
+                }
+                if overflowed {
+                    // The session closes: only a started frame is finished.
+                    o.drop_unstarted();
+                }
+                write(&mut o, usize::MAX / 2, &mut stream);
+                prop_assert!(o.is_empty() && !o.is_behind());
+                let got = parse(&stream);
+                // Each kind's (and topic's) frames arrive in the order pushed.
+                for k in 0u8..6 {
+                    let ids: Vec<u32> = got.iter().filter(|g| g.1 == k).map(|g| g.0).collect();
+                    prop_assert!(ids.windows(2).all(|w| w[0] < w[1]), "kind {}: {:?}", k, ids);
+                }
+                if !overflowed {
+                    // Replies and disconnect-topic publications are never
+                    // dropped, and keep their order relative to each other.
+                    let strict = |v: &[(u32, u8)]| -> Vec<u32> {
+                        v.iter().filter(|g| g.1 <= 1).map(|g| g.0).collect()
+                    };
+                    prop_assert_eq!(strict(&got), strict(&pushed));
+                    // The latest value of every conflated topic arrives.
+                    for k in 3u8..6 {
+                        if let Some(last) = pushed.iter().rev().find(|p| p.1 == k) {
+                            prop_assert!(got.contains(last), "latest of kind {} lost", k);
+                        }
+                    }
+                    // Nothing arrives that was not pushed, nothing twice.
+                    let mut ids: Vec<u32> = got.iter().map(|g| g.0).collect();
+                    ids.sort_unstable();
+                    let n = ids.len();
+                    ids.dedup();
+                    prop_assert_eq!(ids.len(), n);
+                    prop_assert!(got.iter().all(|g| pushed.contains(g)));
+                }
+            }
+        }
+    }
 }
