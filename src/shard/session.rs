@@ -551,10 +551,14 @@ impl Session {
         let offer = if self.out.borrow().is_empty() && !self.want_write.get() {
             match self.write_iov(&[IoSlice::new(&frame)], frame.len(), &mut acc) {
                 Wrote::All | Wrote::Failed => return acc,
-                Wrote::Part(w) => self
-                    .out
-                    .borrow_mut()
-                    .push(frame.slice(w..), Kind::Reply, bound),
+                Wrote::Part(w) => {
+                    // Queued whole and marked partly written, so nothing
+                    // (a 4008 included) can cut it off mid-frame.
+                    let mut out = self.out.borrow_mut();
+                    let offer = out.push(frame, Kind::Reply, bound);
+                    out.advance(w);
+                    offer
+                }
             }
         } else {
             let offer = self.out.borrow_mut().push(frame, Kind::Reply, bound);
