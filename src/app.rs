@@ -22,6 +22,7 @@ use crate::hub::home::HomeSettings;
 use crate::hub::{self, Hub};
 use crate::ingest::{self, IngestConfig};
 use crate::shard::{self, Lifecycle, Shared};
+use crate::transport::tls::Tls;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -43,6 +44,8 @@ pub enum StartError {
     Thread(std::io::Error),
     #[error("cluster: {0}")]
     Broker(#[from] crate::broker::BrokerError),
+    #[error("tls: {0}")]
+    Tls(#[from] crate::transport::tls::TlsError),
 }
 
 /// How a gateway starts, beyond its config.
@@ -103,6 +106,10 @@ impl Server {
             draining: AtomicBool::new(false),
             site: (options.demo_site && !config.auth.hs256_secret.is_empty())
                 .then(|| DemoSite::new(config.auth.hs256_secret.clone())),
+            tls: match (&config.tls.cert_file, &config.tls.key_file) {
+                (Some(cert), Some(key)) => Some(Arc::new(Tls::load(cert, key)?)),
+                _ => None,
+            },
         };
         // Bound before any runtime exists: a start that fails here (a port
         // in use) returns its error without dropping a runtime, which would

@@ -25,6 +25,7 @@ const MIB: usize = 1024 * 1024;
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub listen: Listen,
+    pub tls: Tls,
     pub auth: Auth,
     pub ingest: Ingest,
     pub api: Api,
@@ -61,6 +62,17 @@ impl Default for Listen {
             backlog: 4096,
         }
     }
+}
+
+/// TLS on the public WebSocket listener: with both files set it speaks
+/// `wss://` only. `SIGHUP` reloads them.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tls {
+    /// PEM: the server certificate first, then its chain.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -536,6 +548,19 @@ impl Config {
         let l = &self.listen;
         if l.backlog == 0 {
             return invalid("listen.backlog", "must be at least 1");
+        }
+
+        match (&self.tls.cert_file, &self.tls.key_file) {
+            (None, None) => {}
+            (Some(c), Some(k)) => {
+                for (key, p) in [("tls.cert_file", c), ("tls.key_file", k)] {
+                    if !p.is_file() {
+                        return invalid(key, format!("{} is not a readable file", p.display()));
+                    }
+                }
+            }
+            (Some(_), None) => return invalid("tls.key_file", "must be set with tls.cert_file"),
+            (None, Some(_)) => return invalid("tls.cert_file", "must be set with tls.key_file"),
         }
 
         let a = &self.auth;

@@ -14,6 +14,7 @@ pub mod hub;
 pub mod ingest;
 pub mod metrics;
 pub mod shard;
+pub mod transport;
 pub mod wire;
 
 pub use app::{Server, StartError, StartOptions};

@@ -3,6 +3,7 @@
 //! demo page (`site`). The only module that names hyper on the WebSocket
 //! port.
 
+pub mod accept;
 pub mod limits;
 pub mod site;
 
@@ -31,6 +32,8 @@ pub struct Gate {
     pub draining: AtomicBool,
     /// The demo page, served beside `/ws` (only with `--demo`).
     pub site: Option<site::DemoSite>,
+    /// `[tls]`: the listener speaks TLS only.
+    pub tls: Option<Arc<crate::transport::tls::Tls>>,
 }
 
 /// A request that passed every check; the connection keeps `permit`.

@@ -27,20 +27,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::Full;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use slab::Slab;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::{spawn_local, LocalSet};
 
 use crate::config::Config;
 use crate::handler::Handler;
-use crate::http::{Accepted, Gate};
+use crate::http::{accept, Accepted, Gate};
 use crate::hub::{BarrierToken, HomeMsg, Hub, SessionKey, ShardMsg, SubscribeAck};
 use crate::metrics::{self as m, ShardMetrics};
+use crate::transport::Stream;
 use crate::wire::client::{error_frame, subscribe_reply_frame};
 use crate::wire::close::Close;
 use crate::wire::topic::Patterns;
@@ -55,6 +52,12 @@ pub struct Shared {
     pub handler: Arc<dyn Handler>,
     pub stats: Box<[ShardStats]>,
     next_session: AtomicU64,
+}
+
+impl AsRef<Gate> for Shared {
+    fn as_ref(&self) -> &Gate {
+        &self.gate
+    }
 }
 
 impl Shared {
@@ -194,7 +197,11 @@ async fn run(
     });
     match TcpListener::from_std(listener) {
         Ok(l) => {
-            spawn_local(accept_loop(shard.clone(), l, lifecycle.clone()));
+            spawn_local(accept::serve(
+                l,
+                listener_for(&shard),
+                running(lifecycle.clone()),
+            ));
         }
         Err(e) => tracing::error!(shard = id, error = %e, "cannot register listener"),
     }
@@ -217,6 +224,36 @@ async fn run(
         .collect();
     for s in left {
         session::abandon(&shard, &s);
+    }
+}
+
+/// Completes when the shard must stop accepting.
+async fn running(mut lifecycle: watch::Receiver<Lifecycle>) {
+    while *lifecycle.borrow_and_update() == Lifecycle::Running {
+        if lifecycle.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// What the accept loop (`http::accept`) needs from this shard.
+fn listener_for(shard: &Rc<Shard>) -> accept::Listener {
+    let c = &shard.shared.config;
+    let (s1, s2) = (shard.clone(), shard.clone());
+    accept::Listener {
+        shard: shard.id,
+        gate: shard.shared.clone(),
+        tls: shard.shared.gate.tls.clone(),
+        handshake_timeout: shard.settings.handshake,
+        max_header: shard.settings.max_header,
+        max_pending: c.limits.max_pending_handshakes,
+        on_handshake: Box::new(move |took| {
+            s1.m.handshakes_ok.increment(1);
+            s1.m.handshake.record(m::seconds(took));
+        }),
+        on_upgrade: Box::new(move |up| {
+            s2.start_session(up.stream, up.leftover, up.accepted, up.peer);
+        }),
     }
 }
 
@@ -328,7 +365,7 @@ impl Shard {
 
     fn start_session(
         self: &Rc<Self>,
-        stream: TcpStream,
+        stream: Stream,
         leftover: Vec<u8>,
         acc: Accepted,
         peer: SocketAddr,
@@ -694,140 +731,4 @@ async fn delivery_task(shard: Rc<Shard>, mut rx: mpsc::Receiver<ShardMsg>) {
         }
         shard.count_policies(&acc);
     }
-}
-
-async fn accept_loop(
-    shard: Rc<Shard>,
-    listener: TcpListener,
-    mut lifecycle: watch::Receiver<Lifecycle>,
-) {
-    let mut warned_fds = None::<Instant>;
-    let pending = Arc::new(tokio::sync::Semaphore::new(
-        shard.shared.config.limits.max_pending_handshakes,
-    ));
-    loop {
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            _ = lifecycle.changed() => {
-                if *lifecycle.borrow() != Lifecycle::Running {
-                    return;
-                }
-                continue;
-            }
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                // Linux copies TCP_NODELAY and TCP_NOTSENT_LOWAT from the
-                // listener (`app::bind_reuseport`); the cap is Linux-only.
-                #[cfg(not(any(target_os = "linux", target_os = "android")))]
-                let _ = stream.set_nodelay(true);
-                let shard = shard.clone();
-                let pending = pending.clone();
-                // Accepted at once (a full backlog drops SYNs, and clients
-                // retry a second later), but the handshake waits for a slot:
-                // in a connect storm the waiting ones cost a small future
-                // each instead of hyper's buffers, which otherwise fragment
-                // the heap around the sessions that stay (measured: idle RSS
-                // per connection doubled after an unpaced 10k storm).
-                spawn_local(async move {
-                    let Ok(_permit) = pending.acquire_owned().await else {
-                        return;
-                    };
-                    Box::pin(handshake(shard, stream, peer)).await;
-                });
-            }
-            Err(e) if is_fd_exhaustion(&e) => {
-                m::accept_error("fd_exhausted");
-                if warned_fds.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-                    tracing::warn!(shard = shard.id, error = %e, "out of file descriptors; accept backs off (raise `ulimit -n`)");
-                    warned_fds = Some(Instant::now());
-                }
-                // The pending connections stay in the backlog; spinning on
-                // accept would only burn the core that could free fds.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => {
-                m::accept_error("other");
-                tracing::debug!(shard = shard.id, error = %e, "accept failed");
-            }
-        }
-    }
-}
-
-fn is_fd_exhaustion(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(code) if code == 24 /* EMFILE */ || code == 23 /* ENFILE */)
-        || e.kind() == io::ErrorKind::OutOfMemory
-}
-
-async fn handshake(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
-    let started = Instant::now();
-    let io = TokioIo::new(stream);
-    let svc_shard = shard.clone();
-    let svc = service_fn(move |req| {
-        let r = on_request(&svc_shard, req, peer, started);
-        async move { Ok::<_, std::convert::Infallible>(r) }
-    });
-    let conn = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(shard.settings.handshake)
-        .max_buf_size(shard.settings.max_header.max(8192))
-        .serve_connection(io, svc)
-        .with_upgrades();
-    match tokio::time::timeout(shard.settings.handshake, conn).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "handshake connection error"),
-        Err(_) => {
-            m::handshake("timeout");
-            tracing::debug!(%peer, "handshake timed out");
-        }
-    }
-}
-
-fn on_request(
-    shard: &Rc<Shard>,
-    mut req: hyper::Request<hyper::body::Incoming>,
-    peer: SocketAddr,
-    started: Instant,
-) -> hyper::Response<Full<Bytes>> {
-    if req.uri().path() != "/ws" {
-        if let Some(page) = shard.shared.gate.site.as_ref().and_then(|s| s.serve(&req)) {
-            return page;
-        }
-    }
-    let accepted = match shard.shared.gate.check(&req, peer) {
-        Ok(a) => a,
-        Err(rej) => {
-            m::handshake(rej.label());
-            tracing::debug!(%peer, reason = %rej, status = rej.status().as_u16(), "handshake rejected");
-            return rej.response();
-        }
-    };
-    let response = accepted.response();
-    let on_upgrade = hyper::upgrade::on(&mut req);
-    // The request (headers, extensions) would otherwise live as long as the
-    // upgrade future: kilobytes per connection for nothing.
-    drop(req);
-    let shard2 = shard.clone();
-    spawn_local(async move {
-        let upgraded = match on_upgrade.await {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::debug!(%peer, error = %e, "upgrade failed");
-                return;
-            }
-        };
-        match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(parts) => {
-                // Copy what the client sent after its request, so hyper's
-                // read buffer is freed now rather than pinned by the session.
-                let leftover = parts.read_buf.to_vec();
-                drop(parts.read_buf);
-                shard2.start_session(parts.io.into_inner(), leftover, accepted, peer);
-            }
-            Err(_) => tracing::error!(%peer, "upgraded connection is not a TcpStream"),
-        }
-    });
-    shard.m.handshakes_ok.increment(1);
-    shard.m.handshake.record(m::seconds(started.elapsed()));
-    response
 }

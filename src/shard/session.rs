@@ -24,7 +24,6 @@ use std::task::{Context, Poll, Wake, Waker};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use smallvec::SmallVec;
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::task::spawn_local;
 
@@ -36,6 +35,7 @@ use crate::http::limits::ConnPermit;
 use crate::http::Accepted;
 use crate::hub::{HomeMsg, HubError, SessionKey, SubscribeReq};
 use crate::metrics as m;
+use crate::transport::Stream;
 use crate::wire::client::{self, Request};
 use crate::wire::close::Close;
 use crate::wire::ws::{self, Decoder, Event};
@@ -169,7 +169,7 @@ pub(crate) struct Session {
     pub key: SessionKey,
     pub id: u64,
     pub peer: SocketAddr,
-    stream: TcpStream,
+    stream: Stream,
     claims: RefCell<Claims>,
     out: RefCell<Outbox>,
     /// Inline for the common single subscription: one allocation fewer.
@@ -243,7 +243,7 @@ impl Session {
         key: SessionKey,
         id: u64,
         peer: SocketAddr,
-        stream: TcpStream,
+        stream: Stream,
         acc: Accepted,
         queue: Arc<ReadyQueue>,
         set: &super::Settings,
@@ -369,6 +369,10 @@ impl Session {
                     self.block();
                     Wrote::Part(w)
                 } else {
+                    if self.stream.has_pending() {
+                        // TLS: sealed, not yet on the socket.
+                        self.block();
+                    }
                     Wrote::All
                 }
             }
@@ -508,6 +512,16 @@ impl Session {
 
     /// Writes the outbox until it is empty or the socket is full.
     fn write_outbox(&self, acc: &mut WriteAcc) {
+        if self.stream.has_pending() {
+            if let Err(e) = self.stream.flush_pending() {
+                self.fail(e.kind());
+                return;
+            }
+            if self.stream.has_pending() {
+                self.block();
+                return;
+            }
+        }
         loop {
             if self.phase.get() == Phase::Closed {
                 return;
@@ -705,10 +719,9 @@ pub(crate) fn drive(shard: &Rc<Shard>, s: &Rc<Session>) {
                     c.close_deadline = shard.now_ms() + shard.settings.close.as_millis() as u64;
                     s.clocks.set(c);
                 }
-                if s.out.borrow().is_empty() && !s.want_write.get() {
+                if s.out.borrow().is_empty() && !s.want_write.get() && !s.stream.has_pending() {
                     if !s.half_closed.replace(true) {
-                        let _ =
-                            socket2::SockRef::from(&s.stream).shutdown(std::net::Shutdown::Write);
+                        s.stream.shutdown_write();
                     }
                     if s.peer_closed.get() {
                         return finish(shard, s);
@@ -727,7 +740,7 @@ pub(crate) fn drive(shard: &Rc<Shard>, s: &Rc<Session>) {
                 Poll::Pending => {}
             }
         }
-        if !s.want_write.get() && !s.out.borrow().is_empty() {
+        if !s.want_write.get() && (!s.out.borrow().is_empty() || s.stream.has_pending()) {
             let mut acc = WriteAcc::default();
             s.write_outbox(&mut acc);
             shard.m.bytes_out.increment(acc.bytes);

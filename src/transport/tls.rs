@@ -1,0 +1,84 @@
+//! The public listener's TLS configuration (`[tls]`): the certificate chain
+//! and key from PEM files, swapped whole on reload. A handshake takes the
+//! configuration current when it starts; established connections keep
+//! theirs, so a reload never drops one.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::TlsAcceptor;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{}: {source}", path.display())]
+    Pem {
+        path: PathBuf,
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("{}: no certificate in the file", .0.display())]
+    NoCertificate(PathBuf),
+    #[error("certificate and key do not make a TLS configuration: {0}")]
+    Config(#[from] rustls::Error),
+}
+
+pub struct Tls {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    current: RwLock<Arc<ServerConfig>>,
+}
+
+impl Tls {
+    /// Reads and checks the chain and key.
+    pub fn load(cert_file: &Path, key_file: &Path) -> Result<Tls, TlsError> {
+        Ok(Tls {
+            current: RwLock::new(build(cert_file, key_file)?),
+            cert_file: cert_file.to_owned(),
+            key_file: key_file.to_owned(),
+        })
+    }
+
+    /// Reads both files again; on any error the current pair stays.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let next = build(&self.cert_file, &self.key_file)?;
+        *self.current.write() = next;
+        Ok(())
+    }
+
+    /// An acceptor with the configuration current now.
+    pub fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.current.read().clone())
+    }
+}
+
+fn build(cert_file: &Path, key_file: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+    fn pem(path: &Path) -> impl Fn(rustls_pki_types::pem::Error) -> TlsError + '_ {
+        move |source| TlsError::Pem {
+            path: path.to_owned(),
+            source,
+        }
+    }
+    let certs = CertificateDer::pem_file_iter(cert_file)
+        .map_err(pem(cert_file))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(pem(cert_file))?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate(cert_file.to_owned()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key_file).map_err(pem(key_file))?;
+    // ring: the provider already in the tree (async-nats uses it), which
+    // builds without cmake. Deprecated only for lacking post-quantum key
+    // exchange, which browsers negotiate down from.
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    // WebSocket upgrades are HTTP/1.1 only.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
