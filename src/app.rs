@@ -64,6 +64,8 @@ pub struct Server {
     hub: Hub,
     lifecycle: watch::Sender<Lifecycle>,
     stop_ingest: watch::Sender<bool>,
+    /// Ends once every feed has stopped and got its ERROR 503.
+    ingest: Option<tokio::task::JoinHandle<()>>,
     stop_admin: watch::Sender<bool>,
     shards: Vec<std::thread::JoinHandle<()>>,
     /// `None` once shut down; `Drop` must not drop a runtime from inside
@@ -187,7 +189,7 @@ impl Server {
                 None => control.spawn(task),
             };
         }
-        {
+        let ingest = {
             let _guard = control.enter();
             let ingest_cfg = Arc::new(IngestConfig {
                 tokens: config.ingest.tokens.clone(),
@@ -198,7 +200,7 @@ impl Server {
             let ingest_l =
                 tokio::net::TcpListener::from_std(ingest_l).map_err(StartError::Thread)?;
             let admin_l = tokio::net::TcpListener::from_std(admin_l).map_err(StartError::Thread)?;
-            control.spawn(ingest::serve(
+            let ingest = control.spawn(ingest::serve(
                 ingest_l,
                 ingest_cfg,
                 hub.clone(),
@@ -234,7 +236,8 @@ impl Server {
                     last = open;
                 }
             });
-        }
+            ingest
+        };
         tracing::info!(%ws_addr, %ingest_addr, %admin_addr, shards = n, "herald listening");
         Ok(Server {
             ws_addr,
@@ -244,6 +247,7 @@ impl Server {
             hub,
             lifecycle,
             stop_ingest,
+            ingest: Some(ingest),
             stop_admin,
             shards,
             control: Some(control),
@@ -286,8 +290,19 @@ impl Server {
         let _ = self.stop_ingest.send(true);
         let open = self.connections();
         tracing::info!(open, drain_ms = self.drain.as_millis() as u64, "draining");
-        self.hub.drain().await;
         let deadline = started + self.drain;
+        // Feeds first: once they have stopped handing frames to the hub,
+        // everything they did hand over is queued ahead of the shards'
+        // Drain, and each feed got its ERROR 503 before the process ends.
+        if let Some(ingest) = self.ingest.take() {
+            if tokio::time::timeout_at(deadline.into(), ingest)
+                .await
+                .is_err()
+            {
+                tracing::warn!("drain time over before every feed was closed");
+            }
+        }
+        self.hub.drain().await;
         let mut clean = true;
         while self.connections() > 0 {
             if Instant::now() >= deadline {

@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod nats;
+pub mod process;
 
 use std::net::SocketAddr;
 use std::ops::Deref;
