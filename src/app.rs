@@ -64,8 +64,10 @@ pub struct Server {
     hub: Hub,
     lifecycle: watch::Sender<Lifecycle>,
     stop_ingest: watch::Sender<bool>,
-    /// Ends once every feed has stopped and got its ERROR 503.
+    /// Ends once every feed has got its ERROR 503 and been closed.
     ingest: Option<tokio::task::JoinHandle<()>>,
+    /// Closes once no feed can hand the hub another frame.
+    feeds_quiet: Option<tokio::sync::mpsc::Receiver<()>>,
     stop_admin: watch::Sender<bool>,
     shards: Vec<std::thread::JoinHandle<()>>,
     /// `None` once shut down; `Drop` must not drop a runtime from inside
@@ -181,6 +183,7 @@ impl Server {
 
         let (stop_ingest, stop_ingest_rx) = watch::channel(false);
         let (stop_admin, stop_admin_rx) = watch::channel(false);
+        let (quiet_tx, feeds_quiet) = tokio::sync::mpsc::channel(1);
         for (id, rx) in home_inboxes.into_iter().enumerate() {
             let events = broker_events.get_mut(id).and_then(Option::take);
             let task = hub::home::run(id, hub.clone(), rx, events, home_settings);
@@ -205,6 +208,7 @@ impl Server {
                 ingest_cfg,
                 hub.clone(),
                 stop_ingest_rx,
+                quiet_tx,
             ));
             let api = Arc::new(Api::new(shared.clone(), hub.clone(), prometheus.clone()));
             control.spawn(api::announce(api.clone(), stop_admin_rx.clone()));
@@ -248,6 +252,7 @@ impl Server {
             lifecycle,
             stop_ingest,
             ingest: Some(ingest),
+            feeds_quiet: Some(feeds_quiet),
             stop_admin,
             shards,
             control: Some(control),
@@ -291,15 +296,14 @@ impl Server {
         let open = self.connections();
         tracing::info!(open, drain_ms = self.drain.as_millis() as u64, "draining");
         let deadline = started + self.drain;
-        // Feeds first: once they have stopped handing frames to the hub,
-        // everything they did hand over is queued ahead of the shards'
-        // Drain, and each feed got its ERROR 503 before the process ends.
-        if let Some(ingest) = self.ingest.take() {
-            if tokio::time::timeout_at(deadline.into(), ingest)
+        // Feeds first: once none can hand the hub another frame, all they
+        // did hand over is queued ahead of the shards' Drain.
+        if let Some(mut quiet) = self.feeds_quiet.take() {
+            if tokio::time::timeout_at(deadline.into(), quiet.recv())
                 .await
                 .is_err()
             {
-                tracing::warn!("drain time over before every feed was closed");
+                tracing::warn!("drain time over before every feed stopped");
             }
         }
         self.hub.drain().await;
@@ -314,6 +318,16 @@ impl Server {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Every feed gets its ERROR 503 before the runtime goes.
+        if let Some(ingest) = self.ingest.take() {
+            if tokio::time::timeout_at(deadline.into(), ingest)
+                .await
+                .is_err()
+            {
+                clean = false;
+                tracing::warn!("drain time over before every feed was closed");
+            }
         }
         let _ = self.lifecycle.send(Lifecycle::Exit);
         let _ = self.stop_admin.send(true);

@@ -477,6 +477,9 @@ async fn sigterm_with_clients(n: usize) -> bool {
     feed.publish("many.0", b"last").await;
     feed.barrier(1).await;
 
+    // A feed reads its ERROR and closes, as a real one would.
+    let feed_task = tokio::spawn(async move { read_to_eof(&mut feed.stream, drain).await });
+
     herald.signal(libc::SIGTERM);
     let signalled = Instant::now();
     let closes = tokio::time::timeout(
@@ -489,7 +492,8 @@ async fn sigterm_with_clients(n: usize) -> bool {
     )
     .await
     .expect("every client saw its close within the drain time");
-    let feed_bytes = read_to_eof(&mut feed.stream, drain).await;
+    let all_closed = signalled.elapsed();
+    let feed_bytes = feed_task.await.expect("feed reader");
     let exit = herald.exit_within(drain + Duration::from_secs(3)).await;
     let exited = signalled.elapsed();
 
@@ -510,8 +514,13 @@ async fn sigterm_with_clients(n: usize) -> bool {
     assert_eq!(code, 503, "{message}");
     let exit = exit.unwrap_or_else(|| panic!("herald still running {exited:?} after SIGTERM"));
     assert_eq!(exit.code(), Some(0), "exit status {exit:?}");
+    assert!(
+        exited <= drain + Duration::from_secs(1),
+        "exited {exited:?} after SIGTERM, drain_ms = {}",
+        drain.as_millis()
+    );
     eprintln!(
-        "{n} clients: connected in {connected:?}, all closed with 1001 and exited 0 {exited:?} after SIGTERM; test wall time {:?}",
+        "{n} clients: connected in {connected:?}; after SIGTERM all closed with 1001 in {all_closed:?}, exit 0 in {exited:?}; test wall time {:?}",
         t0.elapsed()
     );
     true
@@ -856,6 +865,7 @@ async fn out_of_file_descriptors_the_gateway_keeps_serving_and_recovers() {
         "{full} connections with {NOFILE} fds and no refusal"
     );
     assert!(full >= 10, "only {full} clients before the limit");
+    eprintln!("RLIMIT_NOFILE {NOFILE}: {full} clients, then {refused:?}");
 
     // The sessions it has still receive.
     feed.publish("fd.t", b"while full").await;

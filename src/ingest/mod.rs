@@ -9,7 +9,7 @@ use bytes::{Buf, BytesMut};
 use metrics::{counter, gauge};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::hub::{FeedStatus, Hub, HubError};
@@ -64,14 +64,19 @@ const ERROR_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 const LINGER: Duration = Duration::from_millis(500);
 
 /// Accepts feeds until `stop` turns true, then returns once every feed
-/// task has ended: each has stopped handing frames to the hub and sent its
-/// ERROR 503. `Server::shutdown` waits for that before it drains the
-/// shards, so whatever a feed handed over is queued ahead of the drain.
+/// task has ended (sent its ERROR 503 and closed).
+///
+/// `quiet` is held by this loop and by every feed while it may still hand
+/// frames to the hub; its receiver sees the channel close once none can.
+/// `Server::shutdown` waits for that before it drains the shards, so
+/// whatever a feed handed over is queued ahead of the drain, without
+/// waiting for the feeds' ERROR writes and lingering closes.
 pub async fn serve(
     listener: TcpListener,
     cfg: Arc<IngestConfig>,
     hub: Hub,
     mut stop: watch::Receiver<bool>,
+    quiet: mpsc::Sender<()>,
 ) {
     let permits = Arc::new(Semaphore::new(cfg.max_feeds));
     let mut feeds = JoinSet::new();
@@ -94,6 +99,7 @@ pub async fn serve(
         let hub = hub.clone();
         let permits = permits.clone();
         let stop = stop.clone();
+        let quiet = quiet.clone();
         feeds.spawn(async move {
             let Ok(permit) = permits.try_acquire_owned() else {
                 crate::metrics::ingest_error(429);
@@ -111,6 +117,7 @@ pub async fn serve(
                 status: Arc::new(FeedStatus::default()),
             };
             let result = feed.run(stop).await;
+            drop(quiet);
             drop(permit);
             match result {
                 Ok(()) => tracing::info!(%peer, feed = %feed.name, "feed disconnected"),
@@ -135,6 +142,7 @@ pub async fn serve(
         });
     }
     drop(listener);
+    drop(quiet);
     while feeds.join_next().await.is_some() {}
 }
 
