@@ -526,8 +526,8 @@ async fn sigterm_with_clients(n: usize) -> bool {
     true
 }
 
-/// Measured: ~3 s in a debug build (10k connected in 1.9 s, exit 1.0 s
-/// after SIGTERM).
+/// Runs in every `cargo test`: ~2 s in a debug build (10k connected in
+/// 1.1–1.6 s; after SIGTERM every 1001 within ~0.3 s, exit ~0.4 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_10k_clients_closes_all_with_1001_and_exits_0() {
     sigterm_with_clients(10_000).await;
