@@ -67,6 +67,10 @@ pub struct Server {
     hub: Hub,
     lifecycle: watch::Sender<Lifecycle>,
     stop_ingest: watch::Sender<bool>,
+    /// Ends once every feed has got its ERROR 503 and been closed.
+    ingest: Option<tokio::task::JoinHandle<()>>,
+    /// Closes once no feed can hand the hub another frame.
+    feeds_quiet: Option<tokio::sync::mpsc::Receiver<()>>,
     stop_admin: watch::Sender<bool>,
     shards: Vec<std::thread::JoinHandle<()>>,
     /// `None` once shut down; `Drop` must not drop a runtime from inside
@@ -186,6 +190,7 @@ impl Server {
 
         let (stop_ingest, stop_ingest_rx) = watch::channel(false);
         let (stop_admin, stop_admin_rx) = watch::channel(false);
+        let (quiet_tx, feeds_quiet) = tokio::sync::mpsc::channel(1);
         for (id, rx) in home_inboxes.into_iter().enumerate() {
             let events = broker_events.get_mut(id).and_then(Option::take);
             let task = hub::home::run(id, hub.clone(), rx, events, home_settings);
@@ -194,7 +199,7 @@ impl Server {
                 None => control.spawn(task),
             };
         }
-        {
+        let ingest = {
             let _guard = control.enter();
             let ingest_cfg = Arc::new(IngestConfig {
                 tokens: config.ingest.tokens.clone(),
@@ -205,11 +210,12 @@ impl Server {
             let ingest_l =
                 tokio::net::TcpListener::from_std(ingest_l).map_err(StartError::Thread)?;
             let admin_l = tokio::net::TcpListener::from_std(admin_l).map_err(StartError::Thread)?;
-            control.spawn(ingest::serve(
+            let ingest = control.spawn(ingest::serve(
                 ingest_l,
                 ingest_cfg,
                 hub.clone(),
                 stop_ingest_rx,
+                quiet_tx,
             ));
             let api = Arc::new(Api::new(shared.clone(), hub.clone(), prometheus.clone()));
             control.spawn(api::announce(api.clone(), stop_admin_rx.clone()));
@@ -241,7 +247,8 @@ impl Server {
                     last = open;
                 }
             });
-        }
+            ingest
+        };
         tracing::info!(%ws_addr, %ingest_addr, %admin_addr, shards = n, "herald listening");
         Ok(Server {
             ws_addr,
@@ -251,6 +258,8 @@ impl Server {
             hub,
             lifecycle,
             stop_ingest,
+            ingest: Some(ingest),
+            feeds_quiet: Some(feeds_quiet),
             stop_admin,
             shards,
             control: Some(control),
@@ -293,8 +302,18 @@ impl Server {
         let _ = self.stop_ingest.send(true);
         let open = self.connections();
         tracing::info!(open, drain_ms = self.drain.as_millis() as u64, "draining");
-        self.hub.drain().await;
         let deadline = started + self.drain;
+        // Feeds first: once none can hand the hub another frame, all they
+        // did hand over is queued ahead of the shards' Drain.
+        if let Some(mut quiet) = self.feeds_quiet.take() {
+            if tokio::time::timeout_at(deadline.into(), quiet.recv())
+                .await
+                .is_err()
+            {
+                tracing::warn!("drain time over before every feed stopped");
+            }
+        }
+        self.hub.drain().await;
         let mut clean = true;
         while self.connections() > 0 {
             if Instant::now() >= deadline {
@@ -306,6 +325,16 @@ impl Server {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Every feed gets its ERROR 503 before the runtime goes.
+        if let Some(ingest) = self.ingest.take() {
+            if tokio::time::timeout_at(deadline.into(), ingest)
+                .await
+                .is_err()
+            {
+                clean = false;
+                tracing::warn!("drain time over before every feed was closed");
+            }
         }
         let _ = self.lifecycle.send(Lifecycle::Exit);
         let _ = self.stop_admin.send(true);

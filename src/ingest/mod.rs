@@ -2,7 +2,6 @@
 //! (PROTOCOL.md §2). One task per feed; a feed's frames are handed to the
 //! hub in the order they arrived, so per-topic order is the feed's order.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,7 +9,8 @@ use bytes::{Buf, BytesMut};
 use metrics::{counter, gauge};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::task::JoinSet;
 
 use crate::hub::{FeedStatus, Hub, HubError};
 use crate::wire::feed::{self, FeedError, FeedFrame};
@@ -55,15 +55,31 @@ pub struct IngestConfig {
     pub max_feeds: usize,
 }
 
-/// Accepts feeds until `stop` turns true.
+/// How long an ERROR may take to reach a feed's socket: a feed that does
+/// not read must not hold its task (or a drain) for longer.
+const ERROR_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long a closing feed connection keeps reading (and dropping) what
+/// the feed still sends, waiting for its EOF.
+const LINGER: Duration = Duration::from_millis(500);
+
+/// Accepts feeds until `stop` turns true, then returns once every feed
+/// task has ended (sent its ERROR 503 and closed).
+///
+/// `quiet` is held by this loop and by every feed while it may still hand
+/// frames to the hub; its receiver sees the channel close once none can.
+/// `Server::shutdown` waits for that before it drains the shards, so
+/// whatever a feed handed over is queued ahead of the drain, without
+/// waiting for the feeds' ERROR writes and lingering closes.
 pub async fn serve(
     listener: TcpListener,
     cfg: Arc<IngestConfig>,
     hub: Hub,
     mut stop: watch::Receiver<bool>,
+    quiet: mpsc::Sender<()>,
 ) {
     let permits = Arc::new(Semaphore::new(cfg.max_feeds));
-    let stopping = Arc::new(AtomicBool::new(false));
+    let mut feeds = JoinSet::new();
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -74,17 +90,17 @@ pub async fn serve(
                     continue;
                 }
             },
-            _ = stop.changed() => {
-                stopping.store(true, Ordering::Relaxed);
-                return;
-            }
+            // Reaps finished feeds so the set holds only live ones.
+            Some(_) = feeds.join_next(), if !feeds.is_empty() => continue,
+            _ = stopped(&mut stop) => break,
         };
         let _ = stream.set_nodelay(true);
         let cfg = cfg.clone();
         let hub = hub.clone();
         let permits = permits.clone();
         let stop = stop.clone();
-        tokio::spawn(async move {
+        let quiet = quiet.clone();
+        feeds.spawn(async move {
             let Ok(permit) = permits.try_acquire_owned() else {
                 crate::metrics::ingest_error(429);
                 tracing::warn!(%peer, "feed refused: too many feeds");
@@ -101,23 +117,33 @@ pub async fn serve(
                 status: Arc::new(FeedStatus::default()),
             };
             let result = feed.run(stop).await;
+            drop(quiet);
             drop(permit);
             match result {
                 Ok(()) => tracing::info!(%peer, feed = %feed.name, "feed disconnected"),
                 Err(e) => {
                     if let Some(code) = e.code() {
                         crate::metrics::ingest_error(code);
-                        let _ = feed
-                            .stream
-                            .write_all(&feed::error(code, &e.to_string()))
-                            .await;
+                        let _ = tokio::time::timeout(
+                            ERROR_WRITE_TIMEOUT,
+                            feed.stream.write_all(&feed::error(code, &e.to_string())),
+                        )
+                        .await;
                     }
                     tracing::warn!(%peer, feed = %feed.name, error = %e, "feed closed");
                 }
             }
-            let _ = feed.stream.shutdown().await;
+            let _ = tokio::time::timeout(ERROR_WRITE_TIMEOUT, feed.stream.shutdown()).await;
+            // A socket closed with unread input answers with a reset, and a
+            // reset can reach the feed before it has read the ERROR (a feed
+            // streaming PUBLISH frames when the drain comes). Reading until
+            // its EOF, for a bounded time, lets the ERROR and our FIN arrive.
+            let _ = tokio::time::timeout(LINGER, discard_input(&mut feed.stream)).await;
         });
     }
+    drop(listener);
+    drop(quiet);
+    while feeds.join_next().await.is_some() {}
 }
 
 struct Feed {
@@ -163,9 +189,12 @@ impl Feed {
     }
 
     async fn run(&mut self, mut stop: watch::Receiver<bool>) -> Result<(), IngestError> {
-        let hello = tokio::time::timeout(self.cfg.hello_timeout, self.next_frame())
-            .await
-            .map_err(|_| IngestError::HelloTimeout)??;
+        let hello = tokio::select! {
+            r = tokio::time::timeout(self.cfg.hello_timeout, self.next_frame()) => {
+                r.map_err(|_| IngestError::HelloTimeout)??
+            }
+            _ = stopped(&mut stop) => return Err(IngestError::Closed),
+        };
         let Some(len) = hello else { return Ok(()) };
         let body = self.buf.split_to(len).freeze();
         match feed::decode_frame(&body).map_err(IngestError::Protocol)? {
@@ -195,12 +224,14 @@ impl Feed {
         let published = counter!("herald_published_total", "source" => "ingest");
         let result = async {
             loop {
+                // A frame half read when the drain comes stays unread: it
+                // is never published.
                 let len = tokio::select! {
                     r = self.next_frame() => match r? {
                         Some(len) => len,
                         None => return Ok(()),
                     },
-                    _ = stop.changed() => return Err(IngestError::Closed),
+                    _ = stopped(&mut stop) => return Err(IngestError::Closed),
                 };
                 let at = Instant::now();
                 let body = self.buf.split_to(len).freeze();
@@ -210,14 +241,21 @@ impl Feed {
                         // Zero-copy: the payload stays a slice of the read buffer.
                         let payload = body.slice_ref(payload);
                         let topic: Arc<str> = Arc::from(topic);
-                        self.hub
-                            .publish_nowait(topic, payload, at, &self.status)
-                            .await
-                            .map_err(hub_error)?;
+                        // Waiting on a full home inbox gives way to the
+                        // drain; a send cancelled there has not happened.
+                        tokio::select! {
+                            r = self.hub.publish_nowait(topic, payload, at, &self.status) => {
+                                r.map_err(hub_error)?
+                            }
+                            _ = stopped(&mut stop) => return Err(IngestError::Closed),
+                        }
                         published.increment(1);
                     }
                     FeedFrame::Ping { nonce } => {
-                        self.hub.barrier().await.map_err(hub_error)?;
+                        tokio::select! {
+                            r = self.hub.barrier() => r.map_err(hub_error)?,
+                            _ = stopped(&mut stop) => return Err(IngestError::Closed),
+                        }
                         if let Some(e) = self.status.error() {
                             return Err(hub_error(e));
                         }
@@ -236,6 +274,21 @@ impl Feed {
         feeds.decrement(1.0);
         result
     }
+}
+
+async fn discard_input(stream: &mut TcpStream) {
+    let mut scratch = [0u8; 4096];
+    while let Ok(n) = stream.read(&mut scratch).await {
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+/// Resolves once the drain began (or the server is gone); unlike
+/// `changed`, also when it began before this feed started waiting.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|&s| s).await;
 }
 
 /// Compares secrets without an early exit on the first differing byte.
