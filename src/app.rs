@@ -46,6 +46,36 @@ pub enum StartError {
     Broker(#[from] crate::broker::BrokerError),
     #[error("tls: {0}")]
     Tls(#[from] crate::transport::tls::TlsError),
+    #[error("auth.jwks_url: {0}")]
+    Jwks(#[from] crate::auth::fetch::FetchError),
+}
+
+/// Why [`Server::reload`] changed nothing. The gateway keeps running with
+/// what it had.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("auth keys: {0}")]
+    Auth(#[from] crate::auth::KeyError),
+    #[error("tls: {0}")]
+    Tls(#[from] crate::transport::tls::TlsError),
+}
+
+/// What a successful [`Server::reload`] put in place.
+#[derive(Debug, Clone)]
+pub struct Reloaded {
+    pub auth: crate::auth::KeySummary,
+    /// The TLS certificate and key were read again (`[tls]` is set).
+    pub tls: bool,
+}
+
+impl std::fmt::Display for Reloaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "auth keys: {}", self.auth)?;
+        if self.tls {
+            write!(f, "; tls certificate reloaded")?;
+        }
+        Ok(())
+    }
 }
 
 /// How a gateway starts, beyond its config.
@@ -125,6 +155,7 @@ impl Server {
         let ingest_addr = local_addr("ingest", config.listen.ingest, &ingest_l)?;
         let admin_l = bind("admin", config.listen.admin, backlog)?;
         let admin_addr = local_addr("admin", config.listen.admin, &admin_l)?;
+        warn_if_exposed(ingest_addr, admin_addr);
 
         let control = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -249,6 +280,25 @@ impl Server {
             });
             ingest
         };
+        if let (Some(url), Some(remote)) = (&config.auth.jwks_url, shared.gate.verifier.remote()) {
+            let source = crate::auth::fetch::JwksSource::new(
+                url,
+                Duration::from_secs(config.auth.jwks_refresh_s),
+                Duration::from_secs(config.auth.jwks_min_refetch_s),
+            )?;
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            control.spawn(crate::auth::fetch::run(source, remote, Some(tx)));
+            // Wait for the first fetch so that tokens work as soon as start
+            // returns; a failed one is not fatal (the task retries, and
+            // other key sources may be configured). Not `block_on`: `start`
+            // may be called from inside another runtime.
+            let first = rx.recv_timeout(crate::auth::fetch::FETCH_TIMEOUT + Duration::from_secs(1));
+            if !matches!(first, Ok(Ok(_))) {
+                tracing::warn!(
+                    "auth.jwks_url: no key set yet; tokens with its keys are refused until a fetch succeeds"
+                );
+            }
+        }
         tracing::info!(%ws_addr, %ingest_addr, %admin_addr, shards = n, "herald listening");
         Ok(Server {
             ws_addr,
@@ -282,6 +332,36 @@ impl Server {
 
     pub fn hub(&self) -> &Hub {
         &self.hub
+    }
+
+    /// Reloads what can change without a restart (`SIGHUP` in the binary):
+    /// the `[tls]` certificate and key, then the `[auth]` key files
+    /// (`public_key_file`, `jwks_file`). Each is all or nothing: on error
+    /// the old ones stay, the error says why, and a TLS error stops the
+    /// reload before the keys. Open connections are never touched; the
+    /// next handshake (or REFRESH) uses the new certificate and keys. The
+    /// `jwks_url` set keeps its own refresh schedule.
+    pub fn reload(&self) -> Result<Reloaded, ReloadError> {
+        let tls = match &self.shared.gate.tls {
+            Some(t) => {
+                if let Err(e) = t.reload() {
+                    crate::metrics::key_reload("error");
+                    return Err(e.into());
+                }
+                true
+            }
+            None => false,
+        };
+        match self.shared.gate.verifier.reload() {
+            Ok(auth) => {
+                crate::metrics::key_reload("ok");
+                Ok(Reloaded { auth, tls })
+            }
+            Err(e) => {
+                crate::metrics::key_reload("error");
+                Err(e.into())
+            }
+        }
     }
 
     pub fn connections(&self) -> u64 {
@@ -383,6 +463,28 @@ fn nats_settings(config: &Config) -> NatsSettings {
         request_timeout: Duration::from_millis(c.request_timeout_ms),
         creds_file: c.creds_file.clone(),
         event_capacity: config.hub.inbox_capacity,
+    }
+}
+
+/// The ingest and admin listeners trust whoever connects (a feed token and
+/// an API key are their only guard; `/metrics` and `/healthz` have none),
+/// so binding them beyond loopback deserves a loud line at start.
+fn warn_if_exposed(ingest: SocketAddr, admin: SocketAddr) {
+    if !ingest.ip().is_loopback() {
+        tracing::warn!(
+            addr = %ingest,
+            "listen.ingest is not on loopback: any host that reaches it can try feed tokens \
+             and, with one, publish to every topic; bind it to 127.0.0.1 or a private \
+             interface, or firewall it to the feed hosts"
+        );
+    }
+    if !admin.ip().is_loopback() {
+        tracing::warn!(
+            addr = %admin,
+            "listen.admin is not on loopback: /metrics, /healthz, /readyz and the admin UI \
+             answer anyone who reaches it, and /api/ (publish, disconnect) only needs an API \
+             key; bind it to 127.0.0.1 or a private interface, or firewall it to operators"
+        );
     }
 }
 

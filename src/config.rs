@@ -95,6 +95,15 @@ pub struct Auth {
     pub default_topics: Vec<String>,
     /// Publish patterns for a token without a `pub` claim; empty denies.
     pub default_publish: Vec<String>,
+    /// JSON Web Key Set file (RFC 7517); re-read on `SIGHUP`.
+    pub jwks_file: Option<PathBuf>,
+    /// JSON Web Key Set URL (`http://` or `https://`), fetched at start and
+    /// every `jwks_refresh_s`.
+    pub jwks_url: Option<String>,
+    pub jwks_refresh_s: u64,
+    /// At most one early fetch (for a token naming an unknown `kid`) per
+    /// this many seconds.
+    pub jwks_min_refetch_s: u64,
 }
 
 impl Default for Auth {
@@ -109,6 +118,10 @@ impl Default for Auth {
             allowed_origins: Vec::new(),
             default_topics: Vec::new(),
             default_publish: Vec::new(),
+            jwks_file: None,
+            jwks_url: None,
+            jwks_refresh_s: 300,
+            jwks_min_refetch_s: 30,
         }
     }
 }
@@ -572,6 +585,25 @@ impl Config {
                 );
             }
         }
+        if let Some(p) = &a.jwks_file {
+            if !p.is_file() {
+                return invalid(
+                    "auth.jwks_file",
+                    format!("{} is not a readable file", p.display()),
+                );
+            }
+        }
+        if let Some(url) = &a.jwks_url {
+            if let Err(e) = crate::auth::fetch::parse_url(url) {
+                return invalid("auth.jwks_url", e);
+            }
+        }
+        if a.jwks_refresh_s == 0 {
+            return invalid("auth.jwks_refresh_s", "must be at least 1");
+        }
+        if a.jwks_min_refetch_s == 0 {
+            return invalid("auth.jwks_min_refetch_s", "must be at least 1");
+        }
         if a.issuer.as_deref() == Some("") {
             return invalid(
                 "auth.issuer",
@@ -770,6 +802,9 @@ impl Config {
             c.auth.hs256_secret = MASK.to_owned();
         }
         c.cluster.nats_url = mask_url_passwords(&c.cluster.nats_url);
+        if let Some(url) = &mut c.auth.jwks_url {
+            *url = mask_url_secrets(url);
+        }
         for list in [&mut c.ingest.tokens, &mut c.api.keys] {
             for s in list.iter_mut().filter(|s| !s.is_empty()) {
                 *s = MASK.to_owned();
@@ -789,6 +824,21 @@ impl Config {
     pub fn ms(v: u64) -> Duration {
         Duration::from_millis(v)
     }
+}
+
+/// One URL with its password and query masked (`https://u:***@host/p?***`):
+/// a JWKS URL may carry an access key in either. For logs and
+/// `--print-config`.
+pub fn mask_url_secrets(url: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, _)) => (base, "?***"),
+        None => (url, ""),
+    };
+    let (scheme, rest) = base.split_once("://").unwrap_or(("", base));
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let authority = mask_url_passwords(authority);
+    let sep = if scheme.is_empty() { "" } else { "://" };
+    format!("{scheme}{sep}{authority}{path}{query}")
 }
 
 /// `nats://user:secret@host` → `nats://user:***@host`, for each URL.
@@ -1108,6 +1158,36 @@ mod tests {
     }
 
     #[test]
+    fn jwks_url_keys_parse_validate_and_mask() {
+        let c = Config::from_toml_str(
+            "[auth]\njwks_url = \"https://idp.example/keys\"\njwks_refresh_s = 60\njwks_min_refetch_s = 5\n",
+        )
+        .unwrap();
+        assert_eq!(c.auth.jwks_url.as_deref(), Some("https://idp.example/keys"));
+        assert_eq!((c.auth.jwks_refresh_s, c.auth.jwks_min_refetch_s), (60, 5));
+        let d = Config::default();
+        assert_eq!(
+            (d.auth.jwks_refresh_s, d.auth.jwks_min_refetch_s),
+            (300, 30)
+        );
+        assert_eq!(
+            mask_url_secrets("https://u:pw@idp.example:8443/a/b?key=s3cret"),
+            "https://u:***@idp.example:8443/a/b?***"
+        );
+        assert_eq!(
+            mask_url_secrets("http://idp/certs"),
+            "http://idp/certs",
+            "nothing secret, nothing masked"
+        );
+        let mut c = Config::default();
+        c.auth.jwks_url = Some("https://u:pw@idp/keys?token=s3cret".into());
+        c.auth.jwks_file = Some("/etc/herald/jwks.json".into());
+        let out = c.to_toml_masked();
+        assert!(!out.contains("s3cret") && !out.contains(":pw@"), "{out}");
+        assert!(out.contains("/etc/herald/jwks.json"), "{out}");
+    }
+
+    #[test]
     fn nats_passwords_are_masked() {
         assert_eq!(
             mask_url_passwords("nats://u:secret@h:4222,tls://tok@h2:4222,nats://h3:4222"),
@@ -1191,6 +1271,14 @@ mod tests {
                 "[auth]\npublic_key_file = \"/nonexistent.pem\"",
                 "auth.public_key_file",
             ),
+            (
+                "[auth]\njwks_file = \"/nonexistent.json\"",
+                "auth.jwks_file",
+            ),
+            ("[auth]\njwks_url = \"ftp://idp/keys\"", "auth.jwks_url"),
+            ("[auth]\njwks_url = \"https://\"", "auth.jwks_url"),
+            ("[auth]\njwks_refresh_s = 0", "auth.jwks_refresh_s"),
+            ("[auth]\njwks_min_refetch_s = 0", "auth.jwks_min_refetch_s"),
             ("[auth]\nissuer = \"\"", "auth.issuer"),
             ("[log]\nlevel = \"herald=loud\"", "log.level"),
             (

@@ -17,6 +17,6 @@ pub mod shard;
 pub mod transport;
 pub mod wire;
 
-pub use app::{Server, StartError, StartOptions};
+pub use app::{ReloadError, Reloaded, Server, StartError, StartOptions};
 pub use handler::{Handler, LogHandler, Reject, SessionInfo, TransportError};
 pub use wire::close::{Close, Fault, Reconnect};

@@ -50,14 +50,25 @@ fn main() -> ExitCode {
         print!("{}", cfg.to_toml_masked());
         return ExitCode::SUCCESS;
     }
-    if cfg.auth.hs256_secret.is_empty() && cfg.auth.public_key_file.is_none() {
+    let a = &cfg.auth;
+    if a.hs256_secret.is_empty()
+        && a.public_key_file.is_none()
+        && a.jwks_file.is_none()
+        && a.jwks_url.is_none()
+    {
         eprintln!(
-            "herald: config error: auth: no key configured; set auth.hs256_secret or \
-             auth.public_key_file (or run with --demo)"
+            "herald: config error: auth: no key configured; set auth.hs256_secret, \
+             auth.public_key_file, auth.jwks_file or auth.jwks_url (or run with --demo)"
         );
         return ExitCode::from(2);
     }
     if cli.check_config {
+        // Load the key files as a start (or a SIGHUP) would, so that a key
+        // set can be checked before it is rolled out.
+        if let Err(e) = herald::auth::Verifier::new(&cfg.auth) {
+            eprintln!("herald: config error: auth: {e}");
+            return ExitCode::from(2);
+        }
         println!("config ok");
         return ExitCode::SUCCESS;
     }
@@ -74,6 +85,9 @@ fn main() -> ExitCode {
         }
     };
     rt.block_on(async move {
+        // Before the (slow) start: a SIGHUP's default action is to end the
+        // process, and a reload must never do that.
+        let mut hangup = Hangup::install();
         let secret = cfg.auth.hs256_secret.clone();
         let feed_token = cfg.ingest.tokens.first().cloned().unwrap_or_default();
         let api_demo = cfg.api.keys.iter().any(|k| k == demo::API_KEY);
@@ -99,7 +113,17 @@ fn main() -> ExitCode {
         }
         let feed = (cli.demo && !cli.no_demo_feed)
             .then(|| tokio::spawn(demo::run_feed(server.ingest_addr(), feed_token)));
-        wait_for_signal().await;
+        let stop = wait_for_signal();
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                _ = hangup.recv() => match server.reload() {
+                    Ok(loaded) => tracing::info!(%loaded, "SIGHUP: reloaded"),
+                    Err(e) => tracing::warn!(error = %e, "SIGHUP: reload failed; keeping what was loaded"),
+                },
+            }
+        }
         if let Some(feed) = feed {
             feed.abort();
         }
@@ -169,6 +193,41 @@ fn announce_demo(
     );
     println!("  API        curl -H 'Authorization: Bearer {key}' http://{admin}/api/stats");
     println!("  metrics    curl http://{admin}/metrics");
+}
+
+/// SIGHUP, where there is one.
+struct Hangup {
+    #[cfg(unix)]
+    signal: Option<tokio::signal::unix::Signal>,
+}
+
+impl Hangup {
+    fn install() -> Hangup {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let signal = match signal(SignalKind::hangup()) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    eprintln!("herald: cannot handle SIGHUP (reload is unavailable): {e}");
+                    None
+                }
+            };
+            Hangup { signal }
+        }
+        #[cfg(not(unix))]
+        Hangup {}
+    }
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        if let Some(s) = &mut self.signal {
+            if s.recv().await.is_some() {
+                return;
+            }
+        }
+        std::future::pending::<()>().await
+    }
 }
 
 async fn wait_for_signal() {

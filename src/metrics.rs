@@ -41,6 +41,14 @@ fn describe() {
     describe_gauge!("herald_subscriptions", "Active subscriptions, by shard");
     describe_gauge!("herald_topics", "Topics sequenced by each home partition");
     describe_counter!("herald_handshakes_total", "WebSocket handshakes, by result");
+    describe_counter!(
+        "herald_jwks_fetches_total",
+        "Fetches of auth.jwks_url, by result (ok, or why they failed)"
+    );
+    describe_counter!(
+        "herald_key_reloads_total",
+        "Reloads of the auth key files (SIGHUP), by result"
+    );
     describe_counter!("herald_published_total", "Messages published, by source");
     describe_counter!(
         "herald_delivered_total",
@@ -239,6 +247,16 @@ pub fn home_topics(home: usize) -> Gauge {
 
 pub fn handshake(result: &'static str) {
     counter!("herald_handshakes_total", "result" => result).increment(1);
+}
+
+/// `result`: `ok`, `http`, `timeout`, `too_large`, `invalid`, `connect`.
+pub fn jwks_fetch(result: &'static str) {
+    counter!("herald_jwks_fetches_total", "result" => result).increment(1);
+}
+
+/// `result`: `ok` or `error`.
+pub fn key_reload(result: &'static str) {
+    counter!("herald_key_reloads_total", "result" => result).increment(1);
 }
 
 pub fn close(code: Close) {

@@ -38,8 +38,8 @@ enum Event {
 
 /// The numeric close code as the handler API hands it over; the one place
 /// to change if that becomes a typed value.
-fn close_code(code: u16) -> u16 {
-    code
+fn close_code(code: herald::Close) -> u16 {
+    code.code()
 }
 
 fn cause(e: &TransportError) -> Cause {
@@ -96,7 +96,7 @@ impl Handler for Recorder {
         self.push(s, Event::Transport(cause(error)));
     }
 
-    fn on_close(&self, s: &SessionInfo<'_>, code: u16) {
+    fn on_close(&self, s: &SessionInfo<'_>, code: herald::Close) {
         self.push(s, Event::Close(close_code(code)));
     }
 }

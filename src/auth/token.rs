@@ -12,6 +12,9 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, RwLock};
 
 use base64::Engine as _;
 use jsonwebtoken::errors::ErrorKind;
@@ -19,6 +22,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::jwks::{JwksError, KeySet};
 use crate::config::Auth;
 use crate::wire::topic::{PatternError, Patterns};
 
@@ -62,6 +66,8 @@ pub enum TokenError {
     Issuer,
     #[error("token claims are missing or ill-typed")]
     Claims,
+    #[error("token names a key (kid) that no key set holds")]
+    UnknownKey,
 }
 
 impl TokenError {
@@ -77,11 +83,12 @@ impl TokenError {
             TokenError::Audience => "audience",
             TokenError::Issuer => "issuer",
             TokenError::Claims => "claims",
+            TokenError::UnknownKey => "unknown_kid",
         }
     }
 }
 
-/// Startup errors building a [`Verifier`]; the operator's fault.
+/// Errors loading keys (at start or on reload); the operator's fault.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error("cannot read public key {}: {source}", path.display())]
@@ -93,6 +100,13 @@ pub enum KeyError {
     Parse { path: PathBuf, message: String },
     #[error("public key {}: is a private key; configure the public half", path.display())]
     PrivateKey { path: PathBuf },
+    #[error("cannot read key set {}: {source}", path.display())]
+    JwksIo {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("key set {}: {source}", path.display())]
+    Jwks { path: PathBuf, source: JwksError },
     #[error("auth.{key}: {source}")]
     Pattern {
         key: &'static str,
@@ -108,10 +122,200 @@ struct PinnedKey {
     validation: Validation,
 }
 
-#[derive(Debug, Clone)]
-pub struct Verifier {
+/// What every key checks besides its signature (`aud`, `iss`).
+#[derive(Debug, Clone, Default)]
+struct Pinning {
+    audience: Option<String>,
+    issuer: Option<String>,
+}
+
+/// A key set with validations built once, so that a verification only
+/// looks a key up.
+#[derive(Debug)]
+struct PinnedSet {
+    keys: Vec<(Arc<str>, PinnedKey)>,
+}
+
+impl PinnedSet {
+    fn new(set: &KeySet, pinning: &Pinning) -> PinnedSet {
+        PinnedSet {
+            keys: set
+                .keys()
+                .iter()
+                .map(|k| (k.kid.clone(), pin(k.alg, k.key.clone(), pinning)))
+                .collect(),
+        }
+    }
+
+    fn get(&self, kid: &str) -> Option<&PinnedKey> {
+        self.keys.iter().find(|(k, _)| &**k == kid).map(|(_, p)| p)
+    }
+
+    /// A token without `kid` may use a set only when there is no choice.
+    fn sole(&self) -> Option<&PinnedKey> {
+        match self.keys.as_slice() {
+            [(_, only)] => Some(only),
+            _ => None,
+        }
+    }
+}
+
+/// The keys read from configuration and files; replaced whole on reload.
+#[derive(Debug, Default)]
+struct LocalKeys {
     hs256: Option<PinnedKey>,
     public: Option<PinnedKey>,
+    file: Option<PinnedSet>,
+}
+
+/// What one load of the local keys produced, for logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeySummary {
+    pub hs256: bool,
+    pub public_key: Option<&'static str>,
+    pub jwks_file_keys: Option<usize>,
+}
+
+impl std::fmt::Display for KeySummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "hs256 {}, public key {}, jwks file {}",
+            if self.hs256 { "set" } else { "none" },
+            self.public_key.unwrap_or("none"),
+            match self.jwks_file_keys {
+                Some(n) => format!("{n} keys"),
+                None => "none".to_owned(),
+            }
+        )
+    }
+}
+
+/// The key set fetched from `auth.jwks_url`, shared between the verifier
+/// (reads it, asks for an early fetch on an unknown `kid`) and the refresh
+/// task in [`super::fetch`] (fetches, installs).
+///
+/// Early fetches: the first unknown `kid` after `min_refetch` has passed
+/// since the last early fetch starts one at once (`in_flight`); unknown
+/// `kid`s while it runs join it (a handshake may wait for it, bounded);
+/// unknown `kid`s after it, within `min_refetch`, are refused at once and
+/// leave one request that the task serves when the interval is over.
+pub struct RemoteKeys {
+    pinning: Pinning,
+    min_refetch: Duration,
+    set: RwLock<Option<Arc<PinnedSet>>>,
+    early: Mutex<Early>,
+    wanted: tokio::sync::Notify,
+    /// Bumped after every fetch, good or bad: what joiners wait for.
+    fetched: tokio::sync::watch::Sender<u64>,
+}
+
+#[derive(Debug, Default)]
+struct Early {
+    /// When the last early fetch started.
+    last: Option<Instant>,
+    /// A fetch is running that an unknown `kid` may wait for.
+    in_flight: bool,
+}
+
+impl RemoteKeys {
+    fn new(pinning: Pinning, min_refetch: Duration) -> RemoteKeys {
+        RemoteKeys {
+            pinning,
+            min_refetch,
+            set: RwLock::new(None),
+            early: Mutex::new(Early::default()),
+            wanted: tokio::sync::Notify::new(),
+            fetched: tokio::sync::watch::Sender::new(0),
+        }
+    }
+
+    /// Replaces the fetched set.
+    pub fn install(&self, set: &KeySet) {
+        let pinned = Arc::new(PinnedSet::new(set, &self.pinning));
+        *self.set.write() = Some(pinned);
+    }
+
+    /// How many keys the last good fetch installed (0 before any).
+    pub fn len(&self) -> usize {
+        self.set.read().as_ref().map_or(0, |s| s.keys.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Asks for an early fetch (a token named an unknown `kid`). Starts one
+    /// now when none ran within `min_refetch`, joins the one running, or
+    /// else leaves a single request for when the interval is over: any
+    /// number of calls cost at most one fetch per `min_refetch`.
+    pub fn want_refetch(&self) {
+        let mut e = self.early.lock();
+        if e.in_flight {
+            return;
+        }
+        let now = Instant::now();
+        if e.last.is_none_or(|t| now >= t + self.min_refetch) {
+            e.in_flight = true;
+            e.last = Some(now);
+        }
+        drop(e);
+        // One stored permit however many calls: the task wakes once.
+        self.wanted.notify_one();
+    }
+
+    /// While an early fetch runs: a receiver that changes when it is done.
+    pub fn in_flight(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        let e = self.early.lock();
+        e.in_flight.then(|| self.fetched.subscribe())
+    }
+
+    /// For the refresh task: waits for [`RemoteKeys::want_refetch`], then
+    /// until an early fetch may start (at once, or when `min_refetch` since
+    /// the last one is over), and marks it started.
+    pub async fn next_early(&self) {
+        self.wanted.notified().await;
+        loop {
+            let ready = {
+                let mut e = self.early.lock();
+                let now = Instant::now();
+                match e.last {
+                    _ if e.in_flight => return,
+                    Some(t) if now < t + self.min_refetch => t + self.min_refetch,
+                    _ => {
+                        e.in_flight = true;
+                        e.last = Some(now);
+                        return;
+                    }
+                }
+            };
+            tokio::time::sleep_until(ready.into()).await;
+        }
+    }
+
+    /// For the refresh task: a fetch is over (installed or failed). Wakes
+    /// the handshakes waiting for it, and forgets requests made while it
+    /// ran, which it served.
+    pub fn fetch_done(&self) {
+        self.early.lock().in_flight = false;
+        self.fetched.send_modify(|n| *n += 1);
+        use futures_util::FutureExt as _;
+        let _ = self.wanted.notified().now_or_never();
+    }
+
+    fn current(&self) -> Option<Arc<PinnedSet>> {
+        self.set.read().clone()
+    }
+}
+
+/// Verifies tokens against every configured key source. Shared by all
+/// shards; the keys can be swapped underneath ([`Verifier::reload`], the
+/// URL refresh) while verifications run, each of which reads one snapshot.
+pub struct Verifier {
+    local: RwLock<Arc<LocalKeys>>,
+    remote: Option<Arc<RemoteKeys>>,
+    auth: Auth,
+    pinning: Pinning,
     leeway_s: u64,
     default_topics: Patterns,
     default_publish: Patterns,
@@ -135,27 +339,16 @@ struct RawClaims {
 
 impl Verifier {
     pub fn new(cfg: &Auth) -> Result<Verifier, KeyError> {
-        let hs256 = if cfg.hs256_secret.is_empty() {
-            None
-        } else {
-            if cfg.hs256_secret.len() < 32 {
-                tracing::warn!(
-                    "auth.hs256_secret is shorter than 32 bytes; HS256 tokens can be brute-forced"
-                );
-            }
-            Some(pin(
-                Algorithm::HS256,
-                DecodingKey::from_secret(cfg.hs256_secret.as_bytes()),
-                cfg,
-            ))
+        let pinning = Pinning {
+            audience: cfg.audience.clone(),
+            issuer: cfg.issuer.clone(),
         };
-        let public = match &cfg.public_key_file {
-            Some(path) => {
-                let (alg, key) = load_public_key(path)?;
-                Some(pin(alg, key, cfg))
-            }
-            None => None,
-        };
+        if !cfg.hs256_secret.is_empty() && cfg.hs256_secret.len() < 32 {
+            tracing::warn!(
+                "auth.hs256_secret is shorter than 32 bytes; HS256 tokens can be brute-forced"
+            );
+        }
+        let local = load_local(cfg, &pinning)?;
         let default_topics =
             Patterns::parse(&cfg.default_topics).map_err(|source| KeyError::Pattern {
                 key: "default_topics",
@@ -166,24 +359,61 @@ impl Verifier {
                 key: "default_publish",
                 source,
             })?;
+        let remote = cfg.jwks_url.as_ref().map(|_| {
+            Arc::new(RemoteKeys::new(
+                pinning.clone(),
+                Duration::from_secs(cfg.jwks_min_refetch_s),
+            ))
+        });
         Ok(Verifier {
-            hs256,
-            public,
+            local: RwLock::new(Arc::new(local)),
+            remote,
+            auth: cfg.clone(),
+            pinning,
             leeway_s: cfg.leeway_s,
             default_topics,
             default_publish,
         })
     }
 
+    /// Reads the key files again (`auth.public_key_file`,
+    /// `auth.jwks_file`) and swaps them in whole. On error nothing changes:
+    /// the last good keys stay. Verifications in flight finish with the
+    /// keys they started with; open sessions are not touched.
+    pub fn reload(&self) -> Result<KeySummary, KeyError> {
+        let local = load_local(&self.auth, &self.pinning)?;
+        let summary = summarize(&local);
+        *self.local.write() = Arc::new(local);
+        Ok(summary)
+    }
+
+    /// The local keys now in use.
+    pub fn summary(&self) -> KeySummary {
+        summarize(&self.local.read())
+    }
+
+    /// The slot the `auth.jwks_url` refresh task fills; `None` without a URL.
+    pub fn remote(&self) -> Option<Arc<RemoteKeys>> {
+        self.remote.clone()
+    }
+
+    /// After [`TokenError::UnknownKey`]: while the early fetch that token
+    /// asked for (or joined) runs, a receiver that changes when it is done.
+    pub fn fetch_in_flight(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.remote.as_ref().and_then(|r| r.in_flight())
+    }
+
     /// Without keys every token is refused with [`TokenError::Algorithm`];
-    /// whether that is acceptable is the caller's decision.
+    /// whether that is acceptable is the caller's decision. A configured
+    /// URL counts, fetched or not.
     pub fn has_keys(&self) -> bool {
-        self.hs256.is_some() || self.public.is_some()
+        let l = self.local.read();
+        l.hs256.is_some() || l.public.is_some() || l.file.is_some() || self.remote.is_some()
     }
 
     /// The algorithm pinned by the public key, if one is configured.
     pub fn public_key_algorithm(&self) -> Option<&'static str> {
-        self.public.as_ref().map(|k| alg_name(k.alg))
+        self.local.read().public.as_ref().map(|k| alg_name(k.alg))
     }
 
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
@@ -204,11 +434,42 @@ impl Verifier {
         if header.crit.is_some() {
             return Err(TokenError::Malformed);
         }
-        let pinned = [&self.hs256, &self.public]
+        // One snapshot of each source for the whole verification: a reload
+        // or fetch that lands meanwhile is seen by the next token.
+        let local = self.local.read().clone();
+        let remote = self.remote.as_ref().and_then(|r| r.current());
+        let pinned = match header.kid.as_deref() {
+            // A kid names a key of a set. Without any set configured there
+            // is nothing it could name, and the kid is not ours to judge
+            // (many issuers stamp one on every token).
+            Some(kid) if local.file.is_some() || self.remote.is_some() => {
+                let found = local
+                    .file
+                    .as_ref()
+                    .and_then(|s| s.get(kid))
+                    .or_else(|| remote.as_deref().and_then(|s| s.get(kid)));
+                match found {
+                    Some(k) if k.alg == header.alg => k,
+                    Some(_) => return Err(TokenError::Algorithm),
+                    None => {
+                        if let Some(r) = &self.remote {
+                            r.want_refetch();
+                        }
+                        return Err(TokenError::UnknownKey);
+                    }
+                }
+            }
+            _ => [
+                local.hs256.as_ref(),
+                local.public.as_ref(),
+                local.file.as_ref().and_then(PinnedSet::sole),
+                remote.as_deref().and_then(PinnedSet::sole),
+            ]
             .into_iter()
             .flatten()
             .find(|k| k.alg == header.alg)
-            .ok_or(TokenError::Algorithm)?;
+            .ok_or(TokenError::Algorithm)?,
+        };
 
         let data = jsonwebtoken::decode::<RawClaims>(token, &pinned.key, &pinned.validation)
             .map_err(|e| map_error(e.kind()))?;
@@ -236,7 +497,84 @@ impl Verifier {
     }
 }
 
-fn pin(alg: Algorithm, key: DecodingKey, cfg: &Auth) -> PinnedKey {
+// By hand: the derived forms would print HMAC secrets (`DecodingKey` and
+// `Auth` show their bytes), and a `{:?}` in a log line must not leak them.
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("keys", &self.summary().to_string())
+            .field("jwks_url_keys", &self.remote.as_ref().map(|r| r.len()))
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for RemoteKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteKeys")
+            .field("keys", &self.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn summarize(l: &LocalKeys) -> KeySummary {
+    KeySummary {
+        hs256: l.hs256.is_some(),
+        public_key: l.public.as_ref().map(|k| alg_name(k.alg)),
+        jwks_file_keys: l.file.as_ref().map(|s| s.keys.len()),
+    }
+}
+
+fn load_local(cfg: &Auth, pinning: &Pinning) -> Result<LocalKeys, KeyError> {
+    let hs256 = (!cfg.hs256_secret.is_empty()).then(|| {
+        pin(
+            Algorithm::HS256,
+            DecodingKey::from_secret(cfg.hs256_secret.as_bytes()),
+            pinning,
+        )
+    });
+    let public = match &cfg.public_key_file {
+        Some(path) => {
+            let (alg, key) = load_public_key(path)?;
+            Some(pin(alg, key, pinning))
+        }
+        None => None,
+    };
+    let file = match &cfg.jwks_file {
+        Some(path) => {
+            let bytes = read_bounded(path).map_err(|source| KeyError::JwksIo {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            let set = super::jwks::parse(&bytes).map_err(|source| KeyError::Jwks {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            for (kid, why) in set.skipped() {
+                tracing::info!(path = %path.display(), kid = ?kid, why, "key set: key skipped");
+            }
+            Some(PinnedSet::new(&set, pinning))
+        }
+        None => None,
+    };
+    Ok(LocalKeys {
+        hs256,
+        public,
+        file,
+    })
+}
+
+/// Reads at most one byte more than a key set may hold, so that a huge
+/// file (or `/dev/zero`) is refused by `parse` instead of filling memory.
+fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut out = Vec::new();
+    std::fs::File::open(path)?
+        .take(super::jwks::MAX_JWKS_BYTES as u64 + 1)
+        .read_to_end(&mut out)?;
+    Ok(out)
+}
+
+fn pin(alg: Algorithm, key: DecodingKey, cfg: &Pinning) -> PinnedKey {
     let mut validation = Validation::new(alg);
     // Time claims are checked in verify_at against the caller's clock.
     validation.validate_exp = false;
@@ -328,7 +666,14 @@ fn key_params(key: &DecodingKey) -> Result<jsonwebtoken::jwk::AlgorithmParameter
 fn alg_name(alg: Algorithm) -> &'static str {
     match alg {
         Algorithm::HS256 => "HS256",
+        Algorithm::HS384 => "HS384",
+        Algorithm::HS512 => "HS512",
         Algorithm::RS256 => "RS256",
+        Algorithm::RS384 => "RS384",
+        Algorithm::RS512 => "RS512",
+        Algorithm::PS256 => "PS256",
+        Algorithm::PS384 => "PS384",
+        Algorithm::PS512 => "PS512",
         Algorithm::ES256 => "ES256",
         Algorithm::ES384 => "ES384",
         Algorithm::EdDSA => "EdDSA",
@@ -909,11 +1254,238 @@ mod tests {
             TokenError::Audience,
             TokenError::Issuer,
             TokenError::Claims,
+            TokenError::UnknownKey,
         ];
         let labels: std::collections::HashSet<_> = all.iter().map(|e| e.reason()).collect();
         assert_eq!(labels.len(), all.len());
         assert!(labels
             .iter()
             .all(|l| l.chars().all(|c| c.is_ascii_lowercase() || c == '_')));
+    }
+
+    // --- key sets ---------------------------------------------------------
+
+    const OCT_K: &str = "a2V5LXNldC1obWFjLXNlY3JldC1rZXktc2V0LWhtYWMtc2VjcmV0";
+
+    fn private(stem: &str) -> Vec<u8> {
+        std::fs::read(key_path(&format!("{stem}_private.pem"))).unwrap()
+    }
+
+    fn enc_key(stem: &str, alg: Algorithm) -> EncodingKey {
+        let pem = private(stem);
+        match alg {
+            Algorithm::RS256 => EncodingKey::from_rsa_pem(&pem),
+            Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(&pem),
+            _ => EncodingKey::from_ed_pem(&pem),
+        }
+        .unwrap()
+    }
+
+    fn public_jwk(stem: &str, alg: Algorithm, kid: &str) -> Value {
+        let mut v = serde_json::to_value(
+            jsonwebtoken::jwk::Jwk::from_encoding_key(&enc_key(stem, alg), alg).unwrap(),
+        )
+        .unwrap();
+        v["kid"] = json!(kid);
+        v
+    }
+
+    fn oct_jwk(kid: &str) -> Value {
+        json!({"kty": "oct", "kid": kid, "k": OCT_K})
+    }
+
+    fn oct_secret() -> Vec<u8> {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(OCT_K)
+            .unwrap()
+    }
+
+    fn signed(alg: Algorithm, kid: Option<&str>, key: &EncodingKey) -> String {
+        let mut h = Header::new(alg);
+        h.kid = kid.map(str::to_owned);
+        jsonwebtoken::encode(&h, &json!({"sub": "k", "exp": NOW + 60}), key).unwrap()
+    }
+
+    /// A JWKS file unique to one test, removed on drop.
+    struct SetFile(PathBuf);
+
+    impl SetFile {
+        fn new(name: &str, keys: &[Value]) -> SetFile {
+            let path = std::env::temp_dir()
+                .join(format!("herald-token-{}-{name}.json", std::process::id()));
+            let f = SetFile(path);
+            f.write(keys);
+            f
+        }
+
+        fn write(&self, keys: &[Value]) {
+            std::fs::write(&self.0, json!({ "keys": keys }).to_string()).unwrap();
+        }
+    }
+
+    impl Drop for SetFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    fn set_auth(file: &SetFile) -> Auth {
+        Auth {
+            jwks_file: Some(file.0.clone()),
+            ..Auth::default()
+        }
+    }
+
+    #[test]
+    fn kid_selects_exactly_one_key_of_the_set() {
+        let f = SetFile::new(
+            "kid",
+            &[
+                public_jwk("rsa", Algorithm::RS256, "rsa-1"),
+                public_jwk("ed25519", Algorithm::EdDSA, "ed-1"),
+                oct_jwk("hmac-1"),
+            ],
+        );
+        let v = verifier(&set_auth(&f));
+        assert_eq!(v.summary().jwks_file_keys, Some(3));
+        let rsa = enc_key("rsa", Algorithm::RS256);
+        let ed = enc_key("ed25519", Algorithm::EdDSA);
+        let hmac = EncodingKey::from_secret(&oct_secret());
+        assert!(v
+            .verify_at(&signed(Algorithm::RS256, Some("rsa-1"), &rsa), NOW)
+            .is_ok());
+        assert!(v
+            .verify_at(&signed(Algorithm::EdDSA, Some("ed-1"), &ed), NOW)
+            .is_ok());
+        assert!(v
+            .verify_at(&signed(Algorithm::HS256, Some("hmac-1"), &hmac), NOW)
+            .is_ok());
+
+        let cases = [
+            // The kid's key pins the algorithm; the header cannot change it.
+            (
+                signed(Algorithm::EdDSA, Some("rsa-1"), &ed),
+                TokenError::Algorithm,
+            ),
+            (
+                signed(Algorithm::RS256, Some("nobody"), &rsa),
+                TokenError::UnknownKey,
+            ),
+            // An oct key never accepts an RS token, an RSA key never an HS
+            // one, even signed with its own public JWK/PEM as HMAC secret.
+            (
+                signed(Algorithm::RS256, Some("hmac-1"), &rsa),
+                TokenError::Algorithm,
+            ),
+            (
+                signed(
+                    Algorithm::HS256,
+                    Some("rsa-1"),
+                    &EncodingKey::from_secret(&std::fs::read(key_path("rsa_public.pem")).unwrap()),
+                ),
+                TokenError::Algorithm,
+            ),
+            // Three keys: a token without kid has no key to use.
+            (signed(Algorithm::RS256, None, &rsa), TokenError::Algorithm),
+            (
+                signed(
+                    Algorithm::HS256,
+                    Some("hmac-1"),
+                    &EncodingKey::from_secret(b"some-other-secret-some-other-secret"),
+                ),
+                TokenError::BadSignature,
+            ),
+        ];
+        for (token, want) in cases {
+            assert_eq!(v.verify_at(&token, NOW).unwrap_err(), want);
+        }
+    }
+
+    #[test]
+    fn token_without_kid_uses_a_single_key_set_or_the_configured_keys() {
+        let f = SetFile::new("sole", &[public_jwk("ec_p256", Algorithm::ES256, "only")]);
+        let v = verifier(&Auth {
+            hs256_secret: SECRET.into(),
+            ..set_auth(&f)
+        });
+        let ec = enc_key("ec_p256", Algorithm::ES256);
+        assert!(v
+            .verify_at(&signed(Algorithm::ES256, None, &ec), NOW)
+            .is_ok());
+        assert!(v
+            .verify_at(&mint_hs256(SECRET, "a", NOW + 60, None, None), NOW)
+            .is_ok());
+        // With a set configured, a kid must name one of its keys, even for
+        // a token the HS256 secret would verify.
+        let hs = signed(
+            Algorithm::HS256,
+            Some("elsewhere"),
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        );
+        assert_eq!(v.verify_at(&hs, NOW).unwrap_err(), TokenError::UnknownKey);
+    }
+
+    #[test]
+    fn kid_is_ignored_when_no_key_set_is_configured() {
+        let v = verifier(&hs_auth());
+        let hs = signed(
+            Algorithm::HS256,
+            Some("issuer-stamp"),
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        );
+        assert!(v.verify_at(&hs, NOW).is_ok());
+    }
+
+    #[test]
+    fn reload_swaps_the_set_and_a_broken_file_keeps_the_old_one() {
+        let f = SetFile::new("reload", &[public_jwk("rsa", Algorithm::RS256, "a")]);
+        let v = verifier(&set_auth(&f));
+        let rsa = enc_key("rsa", Algorithm::RS256);
+        let ed = enc_key("ed25519", Algorithm::EdDSA);
+        let a = signed(Algorithm::RS256, Some("a"), &rsa);
+        let b = signed(Algorithm::EdDSA, Some("b"), &ed);
+        assert!(v.verify_at(&a, NOW).is_ok());
+        assert_eq!(v.verify_at(&b, NOW).unwrap_err(), TokenError::UnknownKey);
+
+        f.write(&[public_jwk("ed25519", Algorithm::EdDSA, "b")]);
+        assert_eq!(v.reload().expect("reload").jwks_file_keys, Some(1));
+        assert!(v.verify_at(&b, NOW).is_ok());
+        assert_eq!(v.verify_at(&a, NOW).unwrap_err(), TokenError::UnknownKey);
+
+        std::fs::write(&f.0, "{\"keys\": [").unwrap();
+        let e = v.reload().unwrap_err();
+        assert!(matches!(e, KeyError::Jwks { .. }), "{e}");
+        assert!(v.verify_at(&b, NOW).is_ok(), "the last good set stays");
+        std::fs::remove_file(&f.0).unwrap();
+        assert!(matches!(v.reload().unwrap_err(), KeyError::JwksIo { .. }));
+        assert!(v.verify_at(&b, NOW).is_ok());
+    }
+
+    #[test]
+    fn debug_output_shows_no_secret() {
+        let f = SetFile::new("debug", &[oct_jwk("h")]);
+        let v = verifier(&Auth {
+            hs256_secret: SECRET.into(),
+            ..set_auth(&f)
+        });
+        let shown = format!("{v:?}");
+        assert!(
+            shown.contains("hs256 set") && shown.contains("1 keys"),
+            "{shown}"
+        );
+        let secret_bytes = format!("{:?}", SECRET.as_bytes());
+        let oct_bytes = format!("{:?}", oct_secret());
+        for leak in [SECRET, OCT_K, &secret_bytes[1..20], &oct_bytes[1..20]] {
+            assert!(!shown.contains(leak), "{shown}");
+        }
+    }
+
+    #[test]
+    fn bad_key_in_a_set_fails_construction_naming_file_and_kid() {
+        let mut bad = public_jwk("ed25519", Algorithm::EdDSA, "broken-kid");
+        bad["x"] = json!("AAAA");
+        let f = SetFile::new("bad", &[bad]);
+        let e = Verifier::new(&set_auth(&f)).unwrap_err().to_string();
+        assert!(e.contains("broken-kid") && e.contains(".json"), "{e}");
     }
 }

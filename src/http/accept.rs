@@ -144,8 +144,8 @@ async fn upgrade<S: IntoStream>(l: Rc<Listener>, io: S, peer: SocketAddr, starte
     let io = TokioIo::new(io);
     let svc_l = l.clone();
     let svc = service_fn(move |req| {
-        let r = on_request::<S>(&svc_l, req, peer, started);
-        async move { Ok::<_, std::convert::Infallible>(r) }
+        let l = svc_l.clone();
+        async move { Ok::<_, std::convert::Infallible>(on_request::<S>(&l, req, peer, started).await) }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -158,7 +158,7 @@ async fn upgrade<S: IntoStream>(l: Rc<Listener>, io: S, peer: SocketAddr, starte
     }
 }
 
-fn on_request<S: IntoStream>(
+async fn on_request<S: IntoStream>(
     l: &Rc<Listener>,
     mut req: hyper::Request<hyper::body::Incoming>,
     peer: SocketAddr,
@@ -170,7 +170,9 @@ fn on_request<S: IntoStream>(
             return page;
         }
     }
-    let accepted = match gate.check(&req, peer) {
+    // Waits (boundedly) only for a token whose unknown `kid` triggered a
+    // key-set fetch.
+    let accepted = match gate.check_waiting(&req, peer).await {
         Ok(a) => a,
         Err(rej) => {
             m::handshake(rej.label());

@@ -10,6 +10,7 @@ pub mod site;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine;
 use bytes::Bytes;
@@ -91,6 +92,7 @@ impl Rejection {
                 TokenError::Missing => "token_missing",
                 TokenError::Expired => "token_expired",
                 TokenError::BadSignature => "token_bad_signature",
+                TokenError::UnknownKey => "token_unknown_kid",
                 _ => "token_invalid",
             },
             Rejection::Origin => "origin",
@@ -233,6 +235,38 @@ impl Gate {
             accept_key: tungstenite::handshake::derive_accept_key(key.as_bytes()),
             echo_protocol: offered_ours,
         })
+    }
+}
+
+/// How long a handshake whose token names an unknown `kid` may wait for the
+/// key-set fetch it started or joined. Short, because it holds a handshake
+/// slot, and only a fetch already running is waited for (at most one per
+/// `auth.jwks_min_refetch_s`), so made-up `kid`s cannot keep slots busy.
+pub const KEY_FETCH_WAIT: Duration = Duration::from_secs(2);
+
+impl Gate {
+    /// [`Gate::check`], except that a token naming a `kid` no key set holds,
+    /// while a fetch of `auth.jwks_url` runs, waits for that fetch (at most
+    /// [`KEY_FETCH_WAIT`]) and is checked once more: the issuer may just
+    /// have published the key. The second check admits again (a second
+    /// handshake-rate token); the first permit is already released.
+    pub async fn check_waiting<B>(
+        &self,
+        req: &Request<B>,
+        peer: SocketAddr,
+    ) -> Result<Accepted, Rejection> {
+        match self.check(req, peer) {
+            Err(Rejection::Token(TokenError::UnknownKey)) => {
+                match self.verifier.fetch_in_flight() {
+                    Some(mut done) => {
+                        let _ = tokio::time::timeout(KEY_FETCH_WAIT, done.changed()).await;
+                        self.check(req, peer)
+                    }
+                    None => Err(Rejection::Token(TokenError::UnknownKey)),
+                }
+            }
+            other => other,
+        }
     }
 }
 
