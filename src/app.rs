@@ -336,32 +336,35 @@ impl Server {
 
     /// Reloads what can change without a restart (`SIGHUP` in the binary):
     /// the `[tls]` certificate and key, then the `[auth]` key files
-    /// (`public_key_file`, `jwks_file`). Each is all or nothing: on error
-    /// the old ones stay, the error says why, and a TLS error stops the
-    /// reload before the keys. Open connections are never touched; the
+    /// (`public_key_file`, `jwks_file`), all or nothing: if any of them
+    /// fails to load, the certificate and the keys in use stay and the
+    /// error says why. Open connections are never touched; the
     /// next handshake (or REFRESH) uses the new certificate and keys. The
     /// `jwks_url` set keeps its own refresh schedule.
     pub fn reload(&self) -> Result<Reloaded, ReloadError> {
-        let tls = match &self.shared.gate.tls {
-            Some(t) => {
-                if let Err(e) = t.reload() {
-                    crate::metrics::key_reload("error");
-                    return Err(e.into());
+        // All or nothing: the certificate is read and checked first but put
+        // in place only once the keys have loaded too.
+        let result = self
+            .shared
+            .gate
+            .tls
+            .as_ref()
+            .map(|t| t.prepare().map(|next| (t, next)))
+            .transpose()
+            .map_err(ReloadError::from)
+            .and_then(|tls| {
+                let auth = self.shared.gate.verifier.reload()?;
+                let reloaded = tls.is_some();
+                if let Some((t, next)) = tls {
+                    t.install(next);
                 }
-                true
-            }
-            None => false,
-        };
-        match self.shared.gate.verifier.reload() {
-            Ok(auth) => {
-                crate::metrics::key_reload("ok");
-                Ok(Reloaded { auth, tls })
-            }
-            Err(e) => {
-                crate::metrics::key_reload("error");
-                Err(e.into())
-            }
-        }
+                Ok(Reloaded {
+                    auth,
+                    tls: reloaded,
+                })
+            });
+        crate::metrics::key_reload(if result.is_ok() { "ok" } else { "error" });
+        result
     }
 
     pub fn connections(&self) -> u64 {

@@ -251,12 +251,18 @@ async fn plain_http_on_a_tls_listener_gets_no_upgrade() {
         find(&buf, b"101").is_none() && find(&buf, b"HTTP/1.1").is_none(),
         "no HTTP answer on a TLS port: {buf:?}"
     );
-    let after = metric_sum(
-        &metrics_text(server.admin()).await,
-        "herald_handshakes_total",
-        &[r#"result="tls""#],
-    );
-    assert_eq!(after, before + 1.0);
+    // The gateway counts the failure after it has dropped the socket: the
+    // client can see the end first.
+    let admin = server.admin();
+    let counted = wait_until(T, || async move {
+        metric_sum(
+            &metrics_text(admin).await,
+            "herald_handshakes_total",
+            &[r#"result="tls""#],
+        ) >= before + 1.0
+    })
+    .await;
+    assert!(counted, "the failed TLS handshake is counted");
     assert!(server.stop().await);
 }
 
@@ -277,4 +283,99 @@ fn a_missing_or_mismatched_certificate_fails_the_start() {
         herald::Server::start(cfg, Arc::new(herald::LogHandler)),
         Err(herald::StartError::Tls(_))
     ));
+}
+
+/// SIGHUP's work (`Server::reload`): new connections get the new
+/// certificate, the connection made before the swap keeps receiving, and a
+/// broken file fails the reload and keeps the last good certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_swaps_the_certificate_without_dropping_connections() {
+    let certs = CertFiles::new("a");
+    let public_key = certs.dir.join("rsa_public.pem");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/keys/rsa_public.pem"),
+        &public_key,
+    )
+    .unwrap();
+    let server = start(|c| {
+        c.tls.cert_file = Some(certs.cert());
+        c.tls.key_file = Some(certs.key());
+        c.auth.public_key_file = Some(public_key.clone());
+    });
+    let (mut before, cert) = wss_connect(server.ws(), &token_all("old")).await;
+    assert_eq!(cert, cert_der("server-a.pem"));
+    before
+        .send(Message::Binary(
+            client::encode_subscribe(1, "tls.r", None).into(),
+        ))
+        .await
+        .unwrap();
+    assert!(matches!(
+        next_server_wss(&mut before).await,
+        ServerMessage::Reply { id: 1, .. }
+    ));
+
+    certs.install("b");
+    let done = server.reload().expect("reload succeeds");
+    assert!(done.tls, "the reload covered TLS: {done}");
+
+    let (mut after, cert) = wss_connect(server.ws(), &token_all("new")).await;
+    assert_eq!(cert, cert_der("server-b.pem"), "new connections get b");
+    after
+        .send(Message::Binary(
+            client::encode_subscribe(1, "tls.r", None).into(),
+        ))
+        .await
+        .unwrap();
+    assert!(matches!(
+        next_server_wss(&mut after).await,
+        ServerMessage::Reply { id: 1, .. }
+    ));
+
+    // Both, the one from before the swap included, get the same publication.
+    let mut feed = Feed::open(server.ingest(), "tls-feed").await;
+    feed.send(&herald::wire::feed::encode_publish(
+        "tls.r",
+        b"after-reload",
+    ))
+    .await;
+    for ws in [&mut before, &mut after] {
+        match next_server_wss(ws).await {
+            ServerMessage::Publication { seq, payload, .. } => {
+                assert_eq!(seq, 1);
+                assert_eq!(payload, b"after-reload");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    // A half-written certificate (the operator's copy not finished): the
+    // reload fails, and the gateway keeps presenting b.
+    std::fs::write(certs.cert(), b"-----BEGIN CERTIFICATE-----\nnot base64").unwrap();
+    assert!(
+        matches!(server.reload(), Err(herald::ReloadError::Tls(_))),
+        "a broken certificate fails the reload"
+    );
+    let (_third, cert) = wss_connect(server.ws(), &token_all("third")).await;
+    assert_eq!(
+        cert,
+        cert_der("server-b.pem"),
+        "the last good certificate stays"
+    );
+
+    // All or nothing: a good certificate with a broken key file is not put
+    // in place either.
+    certs.install("a");
+    std::fs::write(&public_key, b"not a key").unwrap();
+    assert!(
+        matches!(server.reload(), Err(herald::ReloadError::Auth(_))),
+        "a broken key file fails the reload"
+    );
+    let (_fourth, cert) = wss_connect(server.ws(), &token_all("fourth")).await;
+    assert_eq!(
+        cert,
+        cert_der("server-b.pem"),
+        "nothing of a failed reload is used"
+    );
+    assert!(server.stop().await);
 }

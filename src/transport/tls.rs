@@ -31,6 +31,9 @@ pub struct Tls {
     current: RwLock<Arc<ServerConfig>>,
 }
 
+/// A certificate and key read and checked by [`Tls::prepare`], not yet in use.
+pub struct Prepared(Arc<ServerConfig>);
+
 impl Tls {
     /// Reads and checks the chain and key.
     pub fn load(cert_file: &Path, key_file: &Path) -> Result<Tls, TlsError> {
@@ -41,11 +44,16 @@ impl Tls {
         })
     }
 
-    /// Reads both files again; on any error the current pair stays.
-    pub fn reload(&self) -> Result<(), TlsError> {
-        let next = build(&self.cert_file, &self.key_file)?;
-        *self.current.write() = next;
-        Ok(())
+    /// Reads and checks both files again without putting them in place,
+    /// so that a reload of several things can be all or nothing.
+    pub fn prepare(&self) -> Result<Prepared, TlsError> {
+        build(&self.cert_file, &self.key_file).map(Prepared)
+    }
+
+    /// Puts a [`Self::prepare`]d configuration in place for the next
+    /// handshakes; connections already up keep the one they started with.
+    pub fn install(&self, next: Prepared) {
+        *self.current.write() = next.0;
     }
 
     /// An acceptor with the configuration current now.
