@@ -49,7 +49,9 @@ need_bins() {
 # FIN_WAIT2 blocks a bind too), from $1 upwards.
 free_port() {
     local p=$1
-    while ss -Htan "sport = :$p" | grep -q . ; do p=$((p + 1)); done
+    # Not `ss | grep -q`: grep quits at the first line, ss then dies of
+    # SIGPIPE and, under pipefail, a busy port would look free.
+    while [ -n "$(ss -Htan "sport = :$p" | head -c1)" ]; do p=$((p + 1)); done
     echo "$p"
 }
 

@@ -31,6 +31,8 @@ pub enum Cmd {
     Idle(IdleArgs),
     /// One subscriber, ten messages through the ingest, all in order.
     Smoke(SmokeArgs),
+    /// Upgrades/s and server CPU per upgrade, plain or TLS.
+    Handshakes(HandshakesArgs),
     /// Internal: a child process holding a share of the connections.
     #[command(hide = true)]
     Worker,
@@ -213,6 +215,39 @@ pub struct IdleArgs {
     /// herald: only the upgrade, no SUBSCRIBE (handshake rate tests).
     #[arg(long)]
     pub no_subscribe: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct HandshakesArgs {
+    /// herald WebSocket URL: ws://… or wss://… (then --tls-ca).
+    #[arg(long)]
+    pub url: String,
+    /// HS256 secret: one JWT per connection, minted before the clock starts.
+    #[arg(long)]
+    pub secret: String,
+    /// PEM certificate(s) that the server's chain ends in.
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// Connections to open (and hold until all are done).
+    #[arg(long, default_value_t = 5000)]
+    pub conns: u64,
+    /// Connections in flight at once.
+    #[arg(long, default_value_t = 256)]
+    pub concurrency: usize,
+    /// Client threads (TLS clients spend CPU too).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Bind connections to 127.0.0.1 .. 127.0.0.N round-robin.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=250))]
+    pub source_ips: u32,
+    /// Server process to measure CPU and RSS of.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Per connection, seconds.
+    #[arg(long, default_value_t = 15)]
+    pub timeout_s: u64,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -2,7 +2,8 @@
 //!
 //! - `fanout`: many subscribers, a publisher, latency and throughput;
 //! - `idle`: server memory per idle connection;
-//! - `smoke`: one subscriber, ten messages, in order (CI).
+//! - `smoke`: one subscriber, ten messages, in order (CI);
+//! - `handshakes`: upgrades/s and server CPU per upgrade, `ws://` or `wss://`.
 //!
 //! Works against herald (`--url`, its protocol) and against the peer
 //! servers of `shared/peers` (`--raw-url`: `GET /sub/<topic>`, `POST
@@ -15,6 +16,7 @@
 mod cli;
 mod control;
 mod fanout;
+mod handshakes;
 mod html;
 mod idle;
 mod plan;
@@ -41,6 +43,7 @@ fn main() -> ExitCode {
         Cmd::Fanout(a) => block_on(fanout::run(*a)),
         Cmd::Idle(a) => block_on(idle::run(a)),
         Cmd::Smoke(a) => block_on(smoke::run(a)),
+        Cmd::Handshakes(a) => handshakes::main(a),
     }
 }
 
