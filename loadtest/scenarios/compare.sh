@@ -28,6 +28,11 @@
 #   TOPICS=1000 TOPIC_MSGS=30000 MARKET_TOPICS=1000 MARKET_MSGS=30000 PUBLISHERS=4 \
 #   FIXED_RATE=10 FIXED_SECS=5 HALF_SECS=5 loadtest/scenarios/compare.sh
 #
+# `base` in SERVERS is herald again from another binary, BASE_BIN (e.g. a
+# build of the commit before a change to the hot path): measured exactly as
+# herald, it gives the before/after ratios in one run, e.g.
+#   SERVERS="herald base limit" BASE_BIN=/tmp/herald-before RUNS=3 loadtest/scenarios/compare.sh
+#
 # Takes ~5 minutes per round with every server (the only scenario over 2
 # minutes); SERVERS="herald uws" RUNS=1 for a quick one (~1.5 min).
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -106,8 +111,10 @@ fixed_msgs=$(awk -v r="$FIXED_RATE" -v s="$FIXED_SECS" 'BEGIN { print int(r * s)
 measure() { # measure SERVER RUN: everything for one server, fresh
     local s=$1 r=$2 t=() ing=()
     local n="$s-$r"
-    if [ "$s" = herald ]; then
-        start_herald "compare-$r"
+    if [ "$s" = herald ] || [ "$s" = base ]; then
+        local bin=$HERALD_BIN
+        [ "$s" = base ] && bin=${BASE_BIN:?SERVERS has base: set BASE_BIN to the other herald binary}
+        HERALD_BIN=$bin start_herald "compare-$s-$r"
         t=(--url "$WS_URL" --secret "$SECRET" --server-pid "$HERALD_PID" --herald-metrics "$METRICS")
         idle "$n" "$HERALD_PID" --url "$WS_URL" --secret "$SECRET"
         ing=("${t[@]}" --publish ingest --feed-token "$FEED_TOKEN" --ingest "$INGEST")
@@ -125,7 +132,7 @@ measure() { # measure SERVER RUN: everything for one server, fresh
         --publishers "$PUBLISHERS" --msgs "$MARKET_MSGS" --rate 0 --duration-s 60
     fan "$n-fixed" "${t[@]}" --conns "$CONNS" --topics 1 --msgs "$fixed_msgs" --rate "$FIXED_RATE" \
         --duration-s $((FIXED_SECS + 40)) --drain-s 10
-    if [ "$s" = herald ]; then
+    if [ "$s" = herald ] || [ "$s" = base ]; then
         peak "$n-ingest1" "$PROBE_MSGS" 20000 "${ing[@]}" --conns "$CONNS" --topics 1
         fan "$n-ingestT" "${ing[@]}" --conns "$CONNS" --topics "$TOPICS" --dist rooms \
             --msgs "$INGEST_TOPIC_MSGS" --rate 0 --duration-s 60
@@ -194,7 +201,7 @@ done
 # Half of herald's one-topic peak, herald vs the best peer (not limit).
 best="" best_rate=0
 for s in "${ran[@]}"; do
-    case $s in herald|limit) continue ;; esac
+    case $s in herald|base|limit) continue ;; esac
     v=${PEAK1[$s]:-0}
     if awk -v a="$v" -v b="$best_rate" 'BEGIN { exit !(a > b) }'; then best=$s; best_rate=$v; fi
 done
@@ -264,6 +271,10 @@ if [ -s "$OUT/herald-1-ingest1.json" ]; then
     ingest_line="herald via TCP ingest (apart: the peers have no ingest), medians: 1 topic $(ing ingest1); ${TOPICS} topics $(ing ingestT); market $(ing ingestM); via API: write syscalls/delivery 1 topic $(sc peak1), ${TOPICS} topics $(sc peakT), market $(sc market)"
 fi
 echo "$ingest_line"
+if [ -s "$OUT/base-1-ingest1.json" ]; then
+    ingb() { echo "$(num "$(med base "$1" .delivered_per_s)") delivered msgs/s ($(num "$(med base "$1" .herald.write_syscalls_per_delivery)" 4) write syscalls/delivery)"; }
+    echo "base via TCP ingest, medians: 1 topic $(ingb ingest1); ${TOPICS} topics $(ingb ingestT); market $(ingb ingestM)"
+fi
 echo "$half_line"
 echo
 summary="compare ($RUNS runs, medians): ${#ran[@]} servers ($(IFS=,; echo "${ran[*]}")), $(fmt_int "$CONNS") subs x $PAYLOAD B, HTTP publishers: herald 1 topic $(num "${PEAK1[herald]:-}")/s, ${TOPICS} topics $(num "${PEAKT[herald]:-}")/s, market $(num "${PEAKM[herald]:-}")/s"
