@@ -41,6 +41,25 @@ const TOO_BIG: WsError = WsError {
     reason: "message too big",
 };
 
+const TOO_MANY_FRAGMENTS: WsError = WsError {
+    code: Close::TooBig,
+    reason: "too many fragments",
+};
+
+/// How many frames one fragmented message may have: one per 16 bytes of
+/// `max_message`, at least 64 (4096 at the default 64 KiB). Sizes alone do
+/// not bound a message sent as empty continuation frames, which would hold
+/// the connection and its reassembly buffer forever at no cost to the
+/// peer; a real client's fragments are far larger than 16 bytes.
+pub const fn max_fragments(max_message: usize) -> usize {
+    let n = max_message / 16;
+    if n < 64 {
+        64
+    } else {
+        n
+    }
+}
+
 /// One thing the peer said.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event<'a> {
@@ -72,6 +91,8 @@ struct Fragment {
     /// For text: `data[..checked]` is known to be UTF-8; what follows is at
     /// most an incomplete character that the next fragment may finish.
     checked: usize,
+    /// Frames received so far, bounded by [`max_fragments`].
+    frames: usize,
 }
 
 const NOT_UTF8: WsError = WsError {
@@ -295,6 +316,14 @@ impl Decoder {
             }
             _ => {}
         }
+        if h.opcode == OP_CONT
+            && self
+                .frag
+                .as_ref()
+                .is_some_and(|f| f.frames >= max_fragments(self.max_message))
+        {
+            return Err(TOO_MANY_FRAGMENTS);
+        }
         if h.opcode == OP_CONT || h.opcode == OP_BINARY || (allow_text && h.opcode == OP_TEXT) {
             let held = in_progress.unwrap_or(0);
             let room = self.max_message.saturating_sub(held);
@@ -340,6 +369,7 @@ impl Decoder {
                     complete: false,
                     text,
                     checked,
+                    frames: 1,
                 }));
                 None
             }
@@ -350,6 +380,7 @@ impl Decoder {
                     return Err(protocol("continuation without a message"));
                 };
                 append_bounded(&mut f.data, payload, max);
+                f.frames += 1;
                 if f.text {
                     check_utf8(&f.data, &mut f.checked, h.fin)?;
                 }
@@ -789,12 +820,39 @@ mod tests {
     }
 
     #[test]
+    fn fragment_count_is_bounded() {
+        assert_eq!(max_fragments(65536), 4096);
+        assert_eq!(max_fragments(125), 64);
+        // Empty continuations cost nothing in size; their number is bounded,
+        // and the refusal comes from the header of the one too many.
+        let max = 1024;
+        let n = max_fragments(max);
+        let mut input = client_frame(OP_BINARY, false, M, b"a");
+        for _ in 1..n - 1 {
+            input.extend(client_frame(OP_CONT, false, M, b""));
+        }
+        let mut last = input.clone();
+        last.extend(client_frame(OP_CONT, true, M, b"z"));
+        let (ev, e) = run(&mut Decoder::new(max), &last, 4096);
+        assert_eq!(e, None);
+        assert_eq!(ev, vec![Ev::Binary(b"az".to_vec())]);
+        input.extend(client_frame(OP_CONT, false, M, b""));
+        input.extend(&[0x80, 0x80]);
+        let (ev, e) = run(&mut Decoder::new(max), &input, 4096);
+        assert!(ev.is_empty());
+        assert_eq!(e, Some(TOO_MANY_FRAGMENTS));
+        assert_eq!(TOO_MANY_FRAGMENTS.code.code(), 1009);
+    }
+
+    #[test]
     fn reassembly_buffer_stays_within_limit() {
-        // Many one-byte fragments: growth is amortised but capped at max.
-        let max = 1000;
-        let mut input = client_frame(OP_BINARY, false, M, &[1]);
+        // As many small fragments as allowed (16 bytes each, the most
+        // max_fragments grants): growth is amortised but capped at max.
+        let max = 16_000;
+        assert_eq!(max_fragments(max), 1000);
+        let mut input = client_frame(OP_BINARY, false, M, &[1; 16]);
         for _ in 0..998 {
-            input.extend(client_frame(OP_CONT, false, M, &[1]));
+            input.extend(client_frame(OP_CONT, false, M, &[1; 16]));
         }
         let mut d = Decoder::new(max);
         let mut buf = input.clone();
@@ -805,9 +863,9 @@ mod tests {
             off += n;
             assert!(d.buffered() <= max);
         }
-        let mut last = client_frame(OP_CONT, true, M, &[1]);
+        let mut last = client_frame(OP_CONT, true, M, &[1; 16]);
         let (ev, _) = d.decode(&mut last).unwrap().unwrap();
-        assert_eq!(ev, Some(Event::Binary(&[1u8; 1000][..])));
+        assert_eq!(ev, Some(Event::Binary(&[1u8; 16_000][..])));
     }
 
     #[test]
