@@ -95,9 +95,14 @@ export PYTHONWARNINGS=ignore
 # --- herald with the echo route -----------------------------------------
 
 banner "cargo build --features autobahn (debug)"
+# The shared target dir, so the debug dependencies `cargo test` built are
+# reused and only herald itself is compiled again.
 cargo build -q --features autobahn --bin herald
-# Our own copy: a later build without the feature replaces target/debug/herald.
 cp "$root/target/debug/herald" "$work/herald"
+# Put the normal binary back: target/debug/herald must never be left with an
+# unauthenticated route. Cargo keeps both builds, so this only relinks (or
+# compiles herald once if no normal debug build exists yet).
+cargo build -q --bin herald
 
 free_port() {
     "$venv/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'

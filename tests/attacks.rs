@@ -461,3 +461,14 @@ async fn feed_cut_mid_body_after_good_frames_keeps_the_good_ones() {
     assert_eq!(next_publication(&mut by.ws).await.1, 3);
     server.stop().await;
 }
+
+/// The Autobahn echo route takes no token, so it must not exist in a normal
+/// build: `/echo` is a path like any other (404).
+#[cfg(not(feature = "autobahn"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_echo_route_without_the_autobahn_feature() {
+    let server = start(|_| {});
+    let (resp, _) = raw_upgrade(server.ws(), "/echo", &upgrade_headers()).await;
+    assert_eq!(resp.status, 404);
+    server.stop().await;
+}
