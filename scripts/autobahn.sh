@@ -138,6 +138,18 @@ start_herald() {
 start_herald || start_herald || { tail -20 "$work/herald.log"; die "herald did not start"; }
 banner "herald (pid $pid) echoing on ws://$ws/echo"
 
+# The feature opens /echo only: /ws still wants a token.
+ws_status=$("$venv/bin/python" - "$ws" <<'PY'
+import socket, sys
+host, port = sys.argv[1].rsplit(":", 1)
+s = socket.create_connection((host, int(port)), timeout=5)
+s.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+          b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+print(s.recv(64).split(b" ")[1].decode())
+PY
+)
+[[ "$ws_status" == 401 ]] || die "GET /ws without a token answered $ws_status, not 401"
+
 # --- the fuzzing client -------------------------------------------------
 
 rm -rf "$work/reports"
