@@ -2,7 +2,7 @@
 # Every test of herald, in one command:
 #
 #   scripts/test.sh              # all of them
-#   scripts/test.sh rust ts      # only some: rust, ts, python, web
+#   scripts/test.sh rust ts      # only some: rust, ts, python, web, autobahn
 #
 #   rust    cargo test --workspace (unit, integration, cluster tests with
 #           their own nats-server on a free port)
@@ -11,6 +11,9 @@
 #           in a virtualenv under target/py-venv
 #   web     the demo page and the admin UI in Debian's chromium
 #           (web/, playwright-core), plus "web/dist is built from its sources"
+#   autobahn  RFC 6455 conformance: the Autobahn|Testsuite fuzzing client
+#           against a debug build with the echo route (scripts/autobahn.sh;
+#           Python 2.7 and a virtualenv under target/autobahn)
 #
 # What the tests need and a fresh Debian box may lack (nats-server,
 # chromium, python3-venv) is installed with apt-get when this runs as root;
@@ -22,12 +25,12 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root=$PWD
 
 parts=("$@")
-((${#parts[@]})) || parts=(rust ts python web)
+((${#parts[@]})) || parts=(rust ts python web autobahn)
 for p in "${parts[@]}"; do
     case "$p" in
-    rust | ts | python | web) ;;
+    rust | ts | python | web | autobahn) ;;
     *)
-        echo "usage: scripts/test.sh [rust|ts|python|web]..." >&2
+        echo "usage: scripts/test.sh [rust|ts|python|web|autobahn]..." >&2
         exit 2
         ;;
     esac
@@ -116,6 +119,13 @@ if wants web; then
     apt_need chromium chromium
     banner "web: web/dist matches its sources; demo page and admin UI in chromium"
     (cd web && npm ci --no-audit --no-fund && npm run check && npm test)
+fi
+
+if wants autobahn; then
+    # After `rust`, so the debug dependencies are built already and only
+    # herald itself is compiled again with the feature. ~15 s of cases.
+    banner "autobahn: scripts/autobahn.sh"
+    timeout --kill-after=30s 900s bash scripts/autobahn.sh
 fi
 
 banner "scripts/test.sh: ${parts[*]}: all passed"

@@ -300,6 +300,11 @@ impl Server {
             }
         }
         tracing::info!(%ws_addr, %ingest_addr, %admin_addr, shards = n, "herald listening");
+        #[cfg(feature = "autobahn")]
+        tracing::warn!(
+            path = crate::http::ECHO_PATH,
+            "built with the `autobahn` feature: an unauthenticated echo route is open (test builds only)"
+        );
         Ok(Server {
             ws_addr,
             ingest_addr,

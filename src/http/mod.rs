@@ -22,6 +22,19 @@ use crate::auth::{Claims, OriginPolicy, TokenError, Verifier};
 use limits::{ConnLimits, ConnPermit, LimitError};
 
 pub const SUBPROTOCOL: &str = "herald.v1";
+
+/// The echo route the `autobahn` feature adds beside `/ws` (see
+/// `scripts/autobahn.sh`): the same upgrade, framing, limits and write
+/// path, no token, and every message comes back as sent.
+#[cfg(feature = "autobahn")]
+pub const ECHO_PATH: &str = "/echo";
+
+// The echo route takes no token: it must never reach a build that serves
+// real clients. Debug builds only (scripts/autobahn.sh builds one).
+#[cfg(all(feature = "autobahn", not(debug_assertions)))]
+compile_error!(
+    "the `autobahn` feature (an unauthenticated echo route) is for debug test builds only"
+);
 const BEARER_PROTOCOL_PREFIX: &str = "bearer.";
 
 /// Everything the upgrade check needs; shared by all shards.
@@ -43,6 +56,9 @@ pub struct Accepted {
     pub permit: ConnPermit,
     accept_key: String,
     echo_protocol: bool,
+    /// The connection came in on [`ECHO_PATH`]: its session echoes.
+    #[cfg(feature = "autobahn")]
+    pub echo: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -161,9 +177,59 @@ impl Gate {
     /// The whole admission decision for `GET /ws`, cheapest checks first so
     /// a flood of bad requests never reaches the signature check.
     pub fn check<B>(&self, req: &Request<B>, peer: SocketAddr) -> Result<Accepted, Rejection> {
+        #[cfg(feature = "autobahn")]
+        if req.uri().path() == ECHO_PATH {
+            return self.check_echo(req, peer);
+        }
         if req.uri().path() != "/ws" {
             return Err(Rejection::NotFound);
         }
+        let key = self.check_upgrade(req)?;
+        let h = req.headers();
+
+        let mut offered_any = false;
+        let mut offered_ours = false;
+        let mut protocol_token = None;
+        for p in protocols(h) {
+            offered_any = true;
+            if p == SUBPROTOCOL {
+                offered_ours = true;
+            } else if let Some(t) = p.strip_prefix(BEARER_PROTOCOL_PREFIX) {
+                protocol_token.get_or_insert(t);
+            }
+        }
+        if offered_any && !offered_ours {
+            return Err(Rejection::Subprotocol);
+        }
+
+        self.check_origin(h)?;
+
+        let mut permit = self.limits.admit(peer.ip()).map_err(Rejection::Limit)?;
+
+        let token = bearer_header(h)
+            .or(protocol_token)
+            .or_else(|| {
+                self.allow_query_token
+                    .then(|| query_token(req.uri().query()))
+                    .flatten()
+            })
+            .ok_or(Rejection::Token(TokenError::Missing))?;
+        let claims = self.verifier.verify(token).map_err(Rejection::Token)?;
+        permit.add_user(&claims.sub).map_err(Rejection::Limit)?;
+
+        Ok(Accepted {
+            claims,
+            permit,
+            accept_key: tungstenite::handshake::derive_accept_key(key.as_bytes()),
+            echo_protocol: offered_ours,
+            #[cfg(feature = "autobahn")]
+            echo: false,
+        })
+    }
+
+    /// The checks every upgrade passes before its route's own: not
+    /// draining, a well-formed RFC 6455 request. Returns the client's key.
+    fn check_upgrade<'r, B>(&self, req: &'r Request<B>) -> Result<&'r HeaderValue, Rejection> {
         if self.draining.load(Ordering::Relaxed) {
             return Err(Rejection::Draining);
         }
@@ -192,48 +258,42 @@ impl Gate {
         if !key_ok {
             return Err(Rejection::BadRequest("invalid Sec-WebSocket-Key"));
         }
+        Ok(key)
+    }
 
-        let mut offered_any = false;
-        let mut offered_ours = false;
-        let mut protocol_token = None;
-        for p in protocols(h) {
-            offered_any = true;
-            if p == SUBPROTOCOL {
-                offered_ours = true;
-            } else if let Some(t) = p.strip_prefix(BEARER_PROTOCOL_PREFIX) {
-                protocol_token.get_or_insert(t);
-            }
-        }
-        if offered_any && !offered_ours {
-            return Err(Rejection::Subprotocol);
-        }
-
+    /// The `auth.allowed_origins` list, when set, against `Origin`.
+    fn check_origin(&self, h: &HeaderMap) -> Result<(), Rejection> {
         let origin = match h.get(header::ORIGIN) {
             Some(v) => Some(v.to_str().map_err(|_| Rejection::Origin)?),
             None => None,
         };
-        if !self.origin.allows(origin) {
-            return Err(Rejection::Origin);
+        if self.origin.allows(origin) {
+            Ok(())
+        } else {
+            Err(Rejection::Origin)
         }
+    }
 
-        let mut permit = self.limits.admit(peer.ip()).map_err(Rejection::Limit)?;
-
-        let token = bearer_header(h)
-            .or(protocol_token)
-            .or_else(|| {
-                self.allow_query_token
-                    .then(|| query_token(req.uri().query()))
-                    .flatten()
-            })
-            .ok_or(Rejection::Token(TokenError::Missing))?;
-        let claims = self.verifier.verify(token).map_err(Rejection::Token)?;
-        permit.add_user(&claims.sub).map_err(Rejection::Limit)?;
-
+    /// `GET /echo` (feature `autobahn`): the upgrade checks, Origin and the
+    /// connection limits as for `/ws`, but no token and no subprotocol (the
+    /// Autobahn fuzzing client offers none): the session belongs to nobody,
+    /// may use no topic and never expires.
+    #[cfg(feature = "autobahn")]
+    fn check_echo<B>(&self, req: &Request<B>, peer: SocketAddr) -> Result<Accepted, Rejection> {
+        let key = self.check_upgrade(req)?;
+        self.check_origin(req.headers())?;
+        let permit = self.limits.admit(peer.ip()).map_err(Rejection::Limit)?;
         Ok(Accepted {
-            claims,
+            claims: Claims {
+                sub: Arc::from("autobahn-echo"),
+                exp: u64::MAX,
+                topics: crate::wire::topic::Patterns::none(),
+                publish: crate::wire::topic::Patterns::none(),
+            },
             permit,
             accept_key: tungstenite::handshake::derive_accept_key(key.as_bytes()),
-            echo_protocol: offered_ours,
+            echo_protocol: false,
+            echo: true,
         })
     }
 }

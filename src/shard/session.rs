@@ -198,6 +198,10 @@ pub(crate) struct Session {
     strikes: Cell<u32>,
     peer_closed: Cell<bool>,
     half_closed: Cell<bool>,
+    /// Came in on the `autobahn` echo route: messages are echoed, not
+    /// requests. Read only where a frame is received.
+    #[cfg(feature = "autobahn")]
+    echo: bool,
     _permit: ConnPermit,
 }
 
@@ -285,6 +289,8 @@ impl Session {
             strikes: Cell::new(0),
             peer_closed: Cell::new(false),
             half_closed: Cell::new(false),
+            #[cfg(feature = "autobahn")]
+            echo: acc.echo,
             _permit: acc.permit,
         }
     }
@@ -822,7 +828,7 @@ fn process(shard: &Rc<Shard>, s: &Rc<Session>) {
     let mut pos = 0;
     while pos < rbuf.len() && s.phase.get() != Phase::Closed && !s.pending.get() {
         let (action, used) = {
-            match decoder.decode(&mut rbuf[pos..]) {
+            match decode(s, decoder, &mut rbuf[pos..]) {
                 Ok(None) => break,
                 Ok(Some((None, used))) => (Action::None, used),
                 Ok(Some((Some(ev), used))) => (classify(shard, s, ev), used),
@@ -847,6 +853,25 @@ fn process(shard: &Rc<Shard>, s: &Rc<Session>) {
         *s.input.borrow_mut() = Some(input);
     }
 }
+
+/// The session's frame decoder call: text messages exist only on the
+/// `autobahn` echo route.
+#[cfg(feature = "autobahn")]
+fn decode<'a>(s: &Session, d: &'a mut Decoder, buf: &'a mut [u8]) -> DecodeResult<'a> {
+    if s.echo {
+        d.decode_text(buf)
+    } else {
+        d.decode(buf)
+    }
+}
+
+#[cfg(not(feature = "autobahn"))]
+#[inline(always)]
+fn decode<'a>(_: &Session, d: &'a mut Decoder, buf: &'a mut [u8]) -> DecodeResult<'a> {
+    d.decode(buf)
+}
+
+type DecodeResult<'a> = Result<Option<(Option<Event<'a>>, usize)>, ws::WsError>;
 
 fn report(shard: &Shard, s: &Session, err: TransportError) {
     let claims = s.claims.borrow();
@@ -880,7 +905,10 @@ fn classify(shard: &Shard, s: &Session, ev: Event<'_>) -> Action {
             _ => Action::None,
         };
     }
-    let limited = matches!(ev, Event::Binary(_) | Event::Ping(_)) && {
+    let limited = matches!(
+        ev,
+        Event::Binary(_) | Event::TextMessage(_) | Event::Ping(_)
+    ) && {
         let set = &shard.settings;
         set.msgs_per_s > 0 && {
             let now = shard.now_ms() as u32;
@@ -897,8 +925,17 @@ fn classify(shard: &Shard, s: &Session, ev: Event<'_>) -> Action {
         }
     }
     let msg = match ev {
-        Event::Text => {
-            return Action::Close(Close::UnsupportedData, Close::UnsupportedData.reason())
+        // `TextMessage` only comes from the echo route's decoder.
+        Event::Text | Event::TextMessage(_) => {
+            #[cfg(feature = "autobahn")]
+            if let (true, Event::TextMessage(t)) = (s.echo, ev) {
+                return if limited {
+                    Action::None
+                } else {
+                    Action::Send(ws::text_frame(t))
+                };
+            }
+            return Action::Close(Close::UnsupportedData, Close::UnsupportedData.reason());
         }
         Event::Ping(p) if limited => {
             let _ = p;
@@ -909,6 +946,15 @@ fn classify(shard: &Shard, s: &Session, ev: Event<'_>) -> Action {
         Event::Close(code, _) => return Action::PeerClose(code),
         Event::Binary(msg) => msg,
     };
+    #[cfg(feature = "autobahn")]
+    if s.echo {
+        // Over the rate limit, an echo is dropped (the strike counts).
+        return if limited {
+            Action::None
+        } else {
+            Action::Send(ws::binary_frame(msg))
+        };
+    }
     let req = match client::decode_request(msg) {
         Ok(req) => req,
         Err(e) => return error(e.id, 400, e.message),

@@ -41,6 +41,25 @@ const TOO_BIG: WsError = WsError {
     reason: "message too big",
 };
 
+const TOO_MANY_FRAGMENTS: WsError = WsError {
+    code: Close::TooBig,
+    reason: "too many fragments",
+};
+
+/// How many frames one fragmented message may have: one per 16 bytes of
+/// `max_message`, at least 64 (4096 at the default 64 KiB). Sizes alone do
+/// not bound a message sent as empty continuation frames, which would hold
+/// the connection and its reassembly buffer forever at no cost to the
+/// peer; a real client's fragments are far larger than 16 bytes.
+pub const fn max_fragments(max_message: usize) -> usize {
+    let n = max_message / 16;
+    if n < 64 {
+        64
+    } else {
+        n
+    }
+}
+
 /// One thing the peer said.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event<'a> {
@@ -48,21 +67,57 @@ pub enum Event<'a> {
     Binary(&'a [u8]),
     /// The first frame of a text message. herald only speaks binary, so the
     /// caller closes with 1003; the decoder must not be used after this
-    /// (the text payload is not consumed).
+    /// (the text payload is not consumed). Only [`Decoder::decode`] yields it.
     Text,
+    /// A complete text message, reassembled if it was fragmented and
+    /// checked to be UTF-8. Only [`Decoder::decode_text`] yields it (the
+    /// `autobahn` echo route; the herald protocol has no text messages).
+    TextMessage(&'a str),
     Ping(&'a [u8]),
     Pong(&'a [u8]),
     /// The close code if the peer sent one, and its (possibly empty) reason.
     Close(Option<Close>, &'a str),
 }
 
-/// A fragmented binary message being reassembled.
+/// A fragmented message being reassembled.
 #[derive(Debug)]
 struct Fragment {
     data: Vec<u8>,
     /// Set when the final fragment has arrived and `data` has been handed
     /// out as an event; the next `decode` call frees it.
     complete: bool,
+    /// A text message (only with [`Decoder::decode_text`]).
+    text: bool,
+    /// For text: `data[..checked]` is known to be UTF-8; what follows is at
+    /// most an incomplete character that the next fragment may finish.
+    checked: usize,
+    /// Frames received so far, bounded by [`max_fragments`].
+    frames: usize,
+}
+
+const NOT_UTF8: WsError = WsError {
+    code: Close::InvalidPayload,
+    reason: "text message is not utf-8",
+};
+
+/// Checks the part of a text message not checked yet, so invalid UTF-8 is
+/// refused at the first fragment that holds it (RFC 6455 §8.1: fail fast)
+/// rather than once the message is complete. With `fin`, a character cut
+/// off at the end is invalid too.
+fn check_utf8(data: &[u8], checked: &mut usize, fin: bool) -> Result<(), WsError> {
+    match std::str::from_utf8(&data[*checked..]) {
+        Ok(_) => {
+            *checked = data.len();
+            Ok(())
+        }
+        // An incomplete character at the very end: the next fragment may
+        // complete it.
+        Err(e) if e.error_len().is_none() && !fin => {
+            *checked += e.valid_up_to();
+            Ok(())
+        }
+        Err(_) => Err(NOT_UTF8),
+    }
 }
 
 /// Incremental parser for masked client frames.
@@ -227,6 +282,26 @@ impl Decoder {
         &'a mut self,
         buf: &'a mut [u8],
     ) -> Result<Option<(Option<Event<'a>>, usize)>, WsError> {
+        self.decode_inner(buf, false)
+    }
+
+    /// [`Decoder::decode`] for a peer that may send text: a text message is
+    /// reassembled like a binary one, within the same size limit, checked
+    /// to be UTF-8 fragment by fragment (1007 at the first bad one) and
+    /// yielded as [`Event::TextMessage`]. Used by the `autobahn` echo route;
+    /// the herald protocol itself refuses text (1003).
+    pub fn decode_text<'a>(
+        &'a mut self,
+        buf: &'a mut [u8],
+    ) -> Result<Option<(Option<Event<'a>>, usize)>, WsError> {
+        self.decode_inner(buf, true)
+    }
+
+    fn decode_inner<'a>(
+        &'a mut self,
+        buf: &'a mut [u8],
+        allow_text: bool,
+    ) -> Result<Option<(Option<Event<'a>>, usize)>, WsError> {
         if self.frag.as_ref().is_some_and(|f| f.complete) {
             self.frag = None;
         }
@@ -241,7 +316,15 @@ impl Decoder {
             }
             _ => {}
         }
-        if h.opcode == OP_CONT || h.opcode == OP_BINARY {
+        if h.opcode == OP_CONT
+            && self
+                .frag
+                .as_ref()
+                .is_some_and(|f| f.frames >= max_fragments(self.max_message))
+        {
+            return Err(TOO_MANY_FRAGMENTS);
+        }
+        if h.opcode == OP_CONT || h.opcode == OP_BINARY || (allow_text && h.opcode == OP_TEXT) {
             let held = in_progress.unwrap_or(0);
             let room = self.max_message.saturating_sub(held);
             if h.payload_len > room as u64 {
@@ -251,7 +334,7 @@ impl Decoder {
         let Some((hlen, mask)) = h.key else {
             return Ok(None);
         };
-        if h.opcode == OP_TEXT {
+        if h.opcode == OP_TEXT && !allow_text {
             return Ok(Some((Some(Event::Text), hlen)));
         }
         // Data payloads were bounded by max_message above and control ones
@@ -272,10 +355,21 @@ impl Decoder {
             OP_PONG => Some(Event::Pong(payload)),
             OP_CLOSE => Some(parse_close(payload)?),
             OP_BINARY if h.fin => Some(Event::Binary(payload)),
-            OP_BINARY => {
+            OP_TEXT if h.fin => Some(Event::TextMessage(
+                std::str::from_utf8(payload).map_err(|_| NOT_UTF8)?,
+            )),
+            OP_BINARY | OP_TEXT => {
+                let text = h.opcode == OP_TEXT;
+                let mut checked = 0;
+                if text {
+                    check_utf8(payload, &mut checked, false)?;
+                }
                 self.frag = Some(Box::new(Fragment {
                     data: payload.to_vec(),
                     complete: false,
+                    text,
+                    checked,
+                    frames: 1,
                 }));
                 None
             }
@@ -286,11 +380,21 @@ impl Decoder {
                     return Err(protocol("continuation without a message"));
                 };
                 append_bounded(&mut f.data, payload, max);
-                if h.fin {
+                f.frames += 1;
+                if f.text {
+                    check_utf8(&f.data, &mut f.checked, h.fin)?;
+                }
+                if !h.fin {
+                    None
+                } else if f.text {
+                    f.complete = true;
+                    // Checked whole by check_utf8 just above.
+                    Some(Event::TextMessage(
+                        std::str::from_utf8(&f.data).map_err(|_| NOT_UTF8)?,
+                    ))
+                } else {
                     f.complete = true;
                     Some(Event::Binary(&f.data[..]))
-                } else {
-                    None
                 }
             }
         };
@@ -381,6 +485,12 @@ pub fn binary_frame(body: &[u8]) -> Bytes {
     frame(OP_BINARY, &[body])
 }
 
+/// A text message as one frame (the `autobahn` echo route only: herald's
+/// own protocol is binary).
+pub fn text_frame(body: &str) -> Bytes {
+    frame(OP_TEXT, &[body.as_bytes()])
+}
+
 /// A masked client frame, for tests and client-side tools. Control frames
 /// and lengths are not checked, so tests can build invalid frames.
 pub fn client_frame(opcode: u8, fin: bool, mask: [u8; 4], payload: &[u8]) -> Vec<u8> {
@@ -414,6 +524,7 @@ mod tests {
     enum Ev {
         Binary(Vec<u8>),
         Text,
+        TextMessage(String),
         Ping(Vec<u8>),
         Pong(Vec<u8>),
         Close(Option<u16>, String),
@@ -423,6 +534,7 @@ mod tests {
         match e {
             Event::Binary(b) => Ev::Binary(b.to_vec()),
             Event::Text => Ev::Text,
+            Event::TextMessage(t) => Ev::TextMessage(t.to_string()),
             Event::Ping(b) => Ev::Ping(b.to_vec()),
             Event::Pong(b) => Ev::Pong(b.to_vec()),
             Event::Close(c, r) => Ev::Close(c.map(Close::code), r.to_string()),
@@ -432,12 +544,27 @@ mod tests {
     /// Feeds `input` in chunks of `step` bytes the way a session would and
     /// collects events until the first error.
     fn run(dec: &mut Decoder, input: &[u8], step: usize) -> (Vec<Ev>, Option<WsError>) {
+        run_mode(dec, input, step, false)
+    }
+
+    /// [`run`] with [`Decoder::decode_text`] when `allow_text` is set.
+    fn run_mode(
+        dec: &mut Decoder,
+        input: &[u8],
+        step: usize,
+        allow_text: bool,
+    ) -> (Vec<Ev>, Option<WsError>) {
         let mut buf: Vec<u8> = Vec::new();
         let mut events = Vec::new();
         let mut fed = 0;
         loop {
             loop {
-                match dec.decode(&mut buf) {
+                let decoded = if allow_text {
+                    dec.decode_text(&mut buf)
+                } else {
+                    dec.decode(&mut buf)
+                };
+                match decoded {
                     Ok(None) => break,
                     Ok(Some((ev, n))) => {
                         let text = ev == Some(Event::Text);
@@ -693,12 +820,39 @@ mod tests {
     }
 
     #[test]
+    fn fragment_count_is_bounded() {
+        assert_eq!(max_fragments(65536), 4096);
+        assert_eq!(max_fragments(125), 64);
+        // Empty continuations cost nothing in size; their number is bounded,
+        // and the refusal comes from the header of the one too many.
+        let max = 1024;
+        let n = max_fragments(max);
+        let mut input = client_frame(OP_BINARY, false, M, b"a");
+        for _ in 1..n - 1 {
+            input.extend(client_frame(OP_CONT, false, M, b""));
+        }
+        let mut last = input.clone();
+        last.extend(client_frame(OP_CONT, true, M, b"z"));
+        let (ev, e) = run(&mut Decoder::new(max), &last, 4096);
+        assert_eq!(e, None);
+        assert_eq!(ev, vec![Ev::Binary(b"az".to_vec())]);
+        input.extend(client_frame(OP_CONT, false, M, b""));
+        input.extend(&[0x80, 0x80]);
+        let (ev, e) = run(&mut Decoder::new(max), &input, 4096);
+        assert!(ev.is_empty());
+        assert_eq!(e, Some(TOO_MANY_FRAGMENTS));
+        assert_eq!(TOO_MANY_FRAGMENTS.code.code(), 1009);
+    }
+
+    #[test]
     fn reassembly_buffer_stays_within_limit() {
-        // Many one-byte fragments: growth is amortised but capped at max.
-        let max = 1000;
-        let mut input = client_frame(OP_BINARY, false, M, &[1]);
+        // As many small fragments as allowed (16 bytes each, the most
+        // max_fragments grants): growth is amortised but capped at max.
+        let max = 16_000;
+        assert_eq!(max_fragments(max), 1000);
+        let mut input = client_frame(OP_BINARY, false, M, &[1; 16]);
         for _ in 0..998 {
-            input.extend(client_frame(OP_CONT, false, M, &[1]));
+            input.extend(client_frame(OP_CONT, false, M, &[1; 16]));
         }
         let mut d = Decoder::new(max);
         let mut buf = input.clone();
@@ -709,9 +863,9 @@ mod tests {
             off += n;
             assert!(d.buffered() <= max);
         }
-        let mut last = client_frame(OP_CONT, true, M, &[1]);
+        let mut last = client_frame(OP_CONT, true, M, &[1; 16]);
         let (ev, _) = d.decode(&mut last).unwrap().unwrap();
-        assert_eq!(ev, Some(Event::Binary(&[1u8; 1000][..])));
+        assert_eq!(ev, Some(Event::Binary(&[1u8; 16_000][..])));
     }
 
     #[test]
@@ -729,6 +883,69 @@ mod tests {
             Decoder::new(10).decode(&mut frag_text).unwrap().unwrap().0,
             Some(Event::Text)
         );
+    }
+
+    fn text_run(input: &[u8], max: usize, step: usize) -> (Vec<Ev>, Option<WsError>) {
+        run_mode(&mut Decoder::new(max), input, step, true)
+    }
+
+    #[test]
+    fn text_messages_when_allowed() {
+        // Whole, fragmented (a 2-byte character split across fragments and
+        // a ping between them), empty, and the same bytes as binary.
+        let mut input = client_frame(OP_TEXT, true, M, "héllo".as_bytes());
+        let e = "é".as_bytes();
+        input.extend(client_frame(OP_TEXT, false, M, &[b'a', e[0]]));
+        input.extend(client_frame(OP_PING, true, M, b"p"));
+        input.extend(client_frame(OP_CONT, false, M, &[e[1]]));
+        input.extend(client_frame(OP_CONT, true, M, b"z"));
+        input.extend(client_frame(OP_TEXT, true, M, b""));
+        input.extend(client_frame(OP_BINARY, true, M, &[0xff]));
+        for step in [1, 5, usize::MAX] {
+            let (ev, e) = text_run(&input, 100, step);
+            assert_eq!(e, None, "step {step}");
+            assert_eq!(
+                ev,
+                vec![
+                    Ev::TextMessage("héllo".into()),
+                    Ev::Ping(b"p".to_vec()),
+                    Ev::TextMessage("aéz".into()),
+                    Ev::TextMessage(String::new()),
+                    Ev::Binary(vec![0xff]),
+                ]
+            );
+        }
+        // Without decode_text, text is still refused at its header.
+        assert_eq!(decode_all(&input).0, vec![Ev::Text]);
+    }
+
+    #[test]
+    fn invalid_utf8_fails_at_the_first_bad_fragment() {
+        // Single frame.
+        let (_, e) = text_run(&client_frame(OP_TEXT, true, M, &[b'a', 0xff]), 100, 1);
+        assert_eq!(e, Some(NOT_UTF8));
+        // The first fragment is already invalid: refused before the rest
+        // (which never arrives here).
+        let bad_first = client_frame(
+            OP_TEXT,
+            false,
+            M,
+            &[
+                0xce, 0xba, 0xe1, 0xbd, 0xb9, 0xcf, 0x83, 0xce, 0xbc, 0xce, 0xb5, 0xed, 0xa0, 0x80,
+            ],
+        );
+        assert_eq!(text_run(&bad_first, 100, 3).1, Some(NOT_UTF8));
+        // Invalid in a middle continuation.
+        let mut input = client_frame(OP_TEXT, false, M, b"ok");
+        input.extend(client_frame(OP_CONT, false, M, &[0xc0, 0x80]));
+        assert_eq!(text_run(&input, 100, usize::MAX).1, Some(NOT_UTF8));
+        // A character cut off by the final fragment.
+        let mut input = client_frame(OP_TEXT, false, M, b"ok");
+        input.extend(client_frame(OP_CONT, true, M, &[0xe2, 0x82]));
+        assert_eq!(text_run(&input, 100, usize::MAX).1, Some(NOT_UTF8));
+        // Text counts toward the message limit like binary.
+        let (_, e) = text_run(&client_frame(OP_TEXT, true, M, &[b'a'; 11]), 10, 2);
+        assert_eq!(e, Some(TOO_BIG));
     }
 
     #[test]
