@@ -6,6 +6,9 @@
 #   scripts/fuzz.sh 600                # every target, 10 min each
 #   scripts/fuzz.sh 300 ws_decoder     # some targets
 #   FUZZ_BUILD_ONLY=1 scripts/fuzz.sh  # build, run nothing
+#   FUZZ_BUILD_ARGS=--dev scripts/fuzz.sh 5   # unoptimised: builds in
+#                                      # less than half the time, runs slower
+#                                      # (what CI's smoke step uses)
 #
 # Each run starts from the committed seeds (fuzz/corpus/<target>/, read
 # only) plus what earlier runs on this machine found
@@ -58,7 +61,9 @@ cargo +nightly fetch --locked --manifest-path fuzz/Cargo.toml --target "$(rustc 
 # building them one by one would only relink.
 echo "==> building the fuzz targets (nightly, ASan, debug assertions)"
 t0=$(date +%s)
-cargo +nightly fuzz build
+# shellcheck disable=SC2206 # words on purpose: cargo fuzz options
+build_args=(${FUZZ_BUILD_ARGS:-})
+cargo +nightly fuzz build "${build_args[@]}"
 echo "<== built in $(($(date +%s) - t0))s"
 [[ -z ${FUZZ_BUILD_ONLY:-} ]] || exit 0
 
@@ -79,7 +84,7 @@ for t in "${targets[@]}"; do
     echo "==> $t: ${secs}s"
     t0=$(date +%s)
     # New inputs go to the first directory only; the seeds stay as committed.
-    if cargo +nightly fuzz run "$t" "$work" "$seeds" -- "${args[@]}" >"$log" 2>&1; then
+    if cargo +nightly fuzz run "${build_args[@]}" "$t" "$work" "$seeds" -- "${args[@]}" >"$log" 2>&1; then
         result=ok
     else
         result=CRASH
