@@ -6,9 +6,9 @@
 #   scripts/fuzz.sh 600                # every target, 10 min each
 #   scripts/fuzz.sh 300 ws_decoder     # some targets
 #   FUZZ_BUILD_ONLY=1 scripts/fuzz.sh  # build, run nothing
-#   FUZZ_BUILD_ARGS=--dev scripts/fuzz.sh 5   # unoptimised: builds in
-#                                      # less than half the time, runs slower
-#                                      # (what CI's smoke step uses)
+#   FUZZ_BUILD_ARGS=--dev scripts/fuzz.sh 5   # unoptimised: half the build
+#                                      # time, several times slower runs
+#                                      # (CI's smoke step, see .ci/run)
 #
 # Each run starts from the committed seeds (fuzz/corpus/<target>/, read
 # only) plus what earlier runs on this machine found
