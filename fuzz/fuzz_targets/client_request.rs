@@ -1,6 +1,10 @@
-//! Decodes arbitrary bytes as a client request (and as a server message):
-//! never panics, and whatever decodes re-encodes to something that decodes
-//! to the same request.
+//! The client → gateway request decoder (`wire::client::decode_request`,
+//! PROTOCOL.md §1: one MessagePack array per binary message) on arbitrary
+//! bytes, plus the gateway → client decoder the client tools use and the
+//! MessagePack reader's generic skip.
+//!
+//! Checks: never panics; a decoded topic is valid; whatever decodes
+//! re-encodes to bytes that decode to the same request.
 #![no_main]
 
 use herald::wire::client::{self, Request};
@@ -9,9 +13,12 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let _ = client::decode_server_message(data);
+    let mut r = herald::wire::msgpack::Reader::new(data);
+    while r.skip_value().is_ok() && !r.is_empty() {}
     let Ok(req) = client::decode_request(data) else {
         return;
     };
+    let _ = (req.id(), req.kind());
     let again = match req {
         Request::Subscribe { id, topic, recover } => {
             assert!(is_valid_topic(topic));

@@ -41,7 +41,7 @@ impl OriginPolicy {
 /// (so `https://a.example:443/` and `HTTPS://A.example` compare equal).
 /// `None` when the input is not `scheme://host[:port]`, which includes the
 /// opaque origin `null`.
-pub(crate) fn normalize(origin: &str) -> Option<String> {
+pub fn normalize(origin: &str) -> Option<String> {
     let origin = origin.trim();
     let origin = origin.strip_suffix('/').unwrap_or(origin);
     let (scheme, authority) = origin.split_once("://")?;

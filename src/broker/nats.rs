@@ -387,12 +387,7 @@ impl Inner {
     }
 
     fn topic_of_out(&self, subject: &str) -> Option<Arc<str>> {
-        let token = subject.strip_prefix(self.out_prefix.as_str())?;
-        let topic: String = token
-            .chars()
-            .map(|c| if c == '~' { '.' } else { c })
-            .collect();
-        crate::wire::topic::is_valid_topic(&topic).then(|| Arc::from(topic))
+        topic_of_subject(&self.out_prefix, subject)
     }
 
     fn stream(&self) -> &jetstream::stream::Stream<()> {
@@ -729,11 +724,29 @@ impl Inner {
 
 /// `prefix` + the topic as one subject token (a topic has no `~`, so the
 /// mapping of `.` to `~` can be undone).
-fn subject(prefix: &str, topic: &str) -> String {
+pub fn subject(prefix: &str, topic: &str) -> String {
     let mut s = String::with_capacity(prefix.len() + topic.len());
     s.push_str(prefix);
     s.extend(topic.chars().map(|c| if c == '.' { '~' } else { c }));
     s
+}
+
+/// The topic of a subject [`subject`] made with `prefix`; `None` for any
+/// other subject. Subjects come from NATS, so this is a decoder of bytes
+/// other nodes (or anyone allowed to publish there) chose.
+pub fn topic_of_subject(prefix: &str, subject: &str) -> Option<Arc<str>> {
+    let token = subject.strip_prefix(prefix)?;
+    // [`subject`] makes one token; the wildcard subscription also matches
+    // `prefix.a.b`, which must not pass for topic `a.b` (whose subject is
+    // `prefix.a~b`): one topic, one subject (found by fuzz/topic_pattern).
+    if token.contains('.') {
+        return None;
+    }
+    let topic: String = token
+        .chars()
+        .map(|c| if c == '~' { '.' } else { c })
+        .collect();
+    crate::wire::topic::is_valid_topic(&topic).then(|| Arc::from(topic))
 }
 
 fn malformed() -> BrokerError {
@@ -741,21 +754,11 @@ fn malformed() -> BrokerError {
 }
 
 /// A record from its headers and body; `None` when it is not one of ours.
+/// The checks are [`Record::decode`]'s (pure, so the fuzz target reaches
+/// them without NATS).
 fn parse(h: &HeaderMap, body: Bytes, offset: u64) -> Option<Record> {
-    let num = |k: &str| h.get(k).and_then(|v| v.as_str().parse::<u64>().ok());
-    let epoch = h.get(H_EPOCH)?.as_str();
-    if epoch.is_empty() || epoch.len() > 64 {
-        return None;
-    }
-    let first_seq = num(H_SEQ).filter(|s| *s >= 1)?;
-    codec::validate(&body)?;
-    Some(Record {
-        offset,
-        prev: num(H_PREV)?,
-        epoch: Arc::from(epoch),
-        first_seq,
-        body,
-    })
+    let text = |k: &str| h.get(k).map(|v| v.as_str());
+    Record::decode(text(H_EPOCH), text(H_SEQ), text(H_PREV), body, offset)
 }
 
 impl Broker for NatsBroker {
@@ -889,5 +892,32 @@ impl Inner {
                 task.abort();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_round_trip_through_subjects() {
+        let p = "herald.c1.d.";
+        assert_eq!(subject(p, "md.BTC-USD"), "herald.c1.d.md~BTC-USD");
+        for t in ["md.BTC-USD", "a", "x.y.z", "chat.room_1:a-b"] {
+            assert_eq!(topic_of_subject(p, &subject(p, t)).as_deref(), Some(t));
+        }
+        assert_eq!(topic_of_subject(p, "herald.c2.d.a"), None);
+        assert_eq!(topic_of_subject(p, "herald.c1.d."), None);
+        assert_eq!(topic_of_subject(p, "herald.c1.d.a b"), None);
+    }
+
+    /// Regression (fuzz/topic_pattern): the wildcard subscription matches
+    /// subjects of several tokens, and `prefix.a.b` decoded to topic `a.b`,
+    /// whose subject is `prefix.a~b`: two subjects for one topic.
+    #[test]
+    fn only_the_canonical_subject_names_a_topic() {
+        let p = "herald.c1.d.";
+        assert_eq!(topic_of_subject(p, "herald.c1.d.md.BTC-USD"), None);
+        assert_eq!(topic_of_subject(p, "herald.c1.d.md~BTCchat.-U"), None);
     }
 }

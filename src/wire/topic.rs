@@ -80,15 +80,20 @@ impl Patterns {
     /// silently dropped pattern would be a confusing permission bug.
     pub fn parse<S: AsRef<str>>(list: &[S]) -> Result<Patterns, PatternError> {
         let mut out: Vec<Pattern> = Vec::with_capacity(list.len());
+        let mut any = false;
         for s in list {
+            // Every entry is checked, also after a `*`: otherwise
+            // `["*", "bad"]` passed where `["bad", "*"]` failed (found by
+            // fuzz/topic_pattern).
             let p = Pattern::parse(s.as_ref())?;
-            if p == Pattern::Any {
-                // Nothing else can widen `*`; keep the check to one compare.
-                return Ok(Patterns(Box::new([Pattern::Any])));
-            }
-            if !out.contains(&p) {
+            any |= p == Pattern::Any;
+            if !any && !out.contains(&p) {
                 out.push(p);
             }
+        }
+        if any {
+            // Nothing else can widen `*`; keep the check to one compare.
+            return Ok(Patterns::any());
         }
         Ok(Patterns(out.into_boxed_slice()))
     }
@@ -204,5 +209,19 @@ mod tests {
         assert_eq!(dup.as_slice().len(), 2);
 
         assert!(Patterns::parse(&["ok", "not ok"]).is_err());
+    }
+
+    /// Regression (fuzz/topic_pattern): a `*` stopped the parse, so the
+    /// entries after it went unchecked and the same list was accepted or
+    /// refused depending on its order.
+    #[test]
+    fn entries_after_a_star_are_still_checked() {
+        assert!(Patterns::parse(&["*", "h.*x.*"]).is_err());
+        assert!(Patterns::parse(&["h.*x.*", "*"]).is_err());
+        assert!(Patterns::parse(&["*", "not ok"]).is_err());
+        assert_eq!(
+            Patterns::parse(&["*", "a", "b.*"]).unwrap(),
+            Patterns::any()
+        );
     }
 }
