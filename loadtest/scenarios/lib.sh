@@ -100,7 +100,9 @@ forget() { # drop $1 from STARTED once stopped by hand
 
 # start_herald NAME [VAR=VALUE ...]: a fresh `herald --demo` on free ports.
 # Sets WS_URL, INGEST, ADMIN, METRICS, HERALD_PID. Extra HERALD_* overrides
-# may follow the name.
+# may follow the name. HERALD_CONFIG=FILE adds `--config FILE` (the demo
+# fills in only the credentials it leaves unset), HERALD_ARGS more
+# arguments (e.g. --no-demo-feed).
 start_herald() {
     local name=$1; shift
     if [ -n "${URL:-}" ]; then
@@ -115,7 +117,8 @@ start_herald() {
     ws=$(free_port 18780); ing=$(free_port $((ws + 1))); adm=$(free_port $((ing + 1)))
     env HERALD_LISTEN__WS="127.0.0.1:$ws" HERALD_LISTEN__INGEST="127.0.0.1:$ing" \
         HERALD_LISTEN__ADMIN="127.0.0.1:$adm" "$@" \
-        "$HERALD_BIN" --demo > "$OUT/herald-$name.log" 2>&1 &
+        "$HERALD_BIN" --demo ${HERALD_CONFIG:+--config "$HERALD_CONFIG"} ${HERALD_ARGS:-} \
+        > "$OUT/herald-$name.log" 2>&1 &
     HERALD_PID=$!
     STARTED+=("$HERALD_PID")
     wait_port "$adm" 10 || die "herald did not start (see $OUT/herald-$name.log)"

@@ -2,7 +2,9 @@
 //!
 //! - `fanout`: many subscribers, a publisher, latency and throughput;
 //! - `idle`: server memory per idle connection;
-//! - `smoke`: one subscriber, ten messages, in order (CI).
+//! - `smoke`: one subscriber, ten messages, in order (CI);
+//! - `soak`: a long run with churn, slow readers of every policy and feed
+//!   restarts; RSS, descriptors and p99 over time, a verdict, an HTML report.
 //!
 //! Works against herald (`--url`, its protocol) and against the peer
 //! servers of `shared/peers` (`--raw-url`: `GET /sub/<topic>`, `POST
@@ -24,6 +26,9 @@ mod report;
 mod scrape;
 mod series;
 mod smoke;
+mod soak;
+mod soak_html;
+mod soak_worker;
 mod worker;
 mod ws;
 
@@ -41,6 +46,8 @@ fn main() -> ExitCode {
         Cmd::Fanout(a) => block_on(fanout::run(*a)),
         Cmd::Idle(a) => block_on(idle::run(a)),
         Cmd::Smoke(a) => block_on(smoke::run(a)),
+        Cmd::Soak(a) => block_on(soak::run(*a)),
+        Cmd::SoakWorker => soak_worker::main(),
     }
 }
 
