@@ -87,7 +87,7 @@ pub struct SoakArgs {
     #[arg(long, default_value_t = 40)]
     pub steady_topics: u32,
     /// Publications per second over all steady topics (round-robin).
-    #[arg(long, default_value_t = 400.0)]
+    #[arg(long, default_value_t = 600.0)]
     pub rate: f64,
     /// Steady payload bytes (>= 8: the send time).
     #[arg(long, default_value_t = 100)]
@@ -180,6 +180,8 @@ pub struct Sample {
     pub herald_cpu_pct: f64,
     /// The whole box's busy share over the interval, % of all cores.
     pub box_cpu_pct: f64,
+    /// herald-load (this process and its workers), % of one core.
+    pub client_cpu_pct: f64,
     /// Steady publish → receive latency in the interval.
     pub p50_ms: f64,
     pub p99_ms: f64,
@@ -193,6 +195,8 @@ pub struct Sample {
     pub slow_open: u64,
     /// Unexpected errors so far (cumulative).
     pub errors: u64,
+    /// The unexpected errors so far, by kind.
+    pub error_kinds: BTreeMap<String, u64>,
     /// Disconnect-policy readers closed so far (cumulative, expected).
     pub expected_closes: u64,
     /// `herald_connections`, summed over shards.
@@ -454,6 +458,11 @@ async fn spawn_workers(
     Ok(out)
 }
 
+/// `pid` still runs.
+fn alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
 /// Open descriptors of `pid`.
 fn fds(pid: u32) -> Option<u64> {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -498,10 +507,6 @@ fn minus(a: &BTreeMap<String, f64>, b: &BTreeMap<String, f64>) -> BTreeMap<Strin
         .collect()
 }
 
-fn sum_map(m: &BTreeMap<String, u64>) -> u64 {
-    m.values().sum()
-}
-
 /// The workers' counters added up.
 fn add_counts(all: &[Counts]) -> Counts {
     let mut t = Counts::default();
@@ -518,6 +523,8 @@ fn add_counts(all: &[Counts]) -> Counts {
         t.steady_dups += c.steady_dups;
         add(&mut t.steady_ends, &c.steady_ends);
         add(&mut t.steady_connect_failures, &c.steady_connect_failures);
+        add(&mut t.steady_end_last_pong, &c.steady_end_last_pong);
+        t.pongs += c.pongs;
         t.churn_open += c.churn_open;
         t.churn_started += c.churn_started;
         t.churn_clean += c.churn_clean;
@@ -539,41 +546,43 @@ fn add_counts(all: &[Counts]) -> Counts {
     t
 }
 
-/// Unexpected errors by kind, and the expected disconnect-policy ends.
+/// Unexpected errors by kind (`what.cause`), and the expected
+/// disconnect-policy ends.
 fn errors(c: &Counts, p: &PubStats) -> (BTreeMap<String, u64>, u64) {
     let mut e = BTreeMap::new();
-    let mut put = |k: &str, v: u64| {
+    let mut put = |k: String, v: u64| {
         if v > 0 {
-            e.insert(k.to_string(), v);
+            e.insert(k, v);
         }
     };
-    put(
-        "steady_connect_failures",
-        sum_map(&c.steady_connect_failures),
-    );
-    put("steady_ends", sum_map(&c.steady_ends));
-    put("steady_gaps", c.steady_gaps);
-    put("steady_dups", c.steady_dups);
-    put("churn_connect_failures", sum_map(&c.churn_connect_failures));
-    put("churn_ends", sum_map(&c.churn_ends));
-    put("churn_gaps", c.churn_gaps);
-    put("unexpected_frames", c.unexpected);
-    put("feed_errors", p.errors.load(Ordering::Relaxed));
+    let causes = [
+        ("steady_connect_failures", &c.steady_connect_failures),
+        ("steady_ends", &c.steady_ends),
+        ("churn_connect_failures", &c.churn_connect_failures),
+        ("churn_ends", &c.churn_ends),
+    ];
+    for (what, m) in causes {
+        for (k, v) in m {
+            put(format!("{what}.{k}"), *v);
+        }
+    }
+    put("steady_gaps".into(), c.steady_gaps);
+    put("steady_dups".into(), c.steady_dups);
+    put("churn_gaps".into(), c.churn_gaps);
+    put("unexpected_frames".into(), c.unexpected);
+    put("feed_errors".into(), p.errors.load(Ordering::Relaxed));
     let mut expected = 0;
     for (policy, g) in &c.slow {
-        put(
-            &format!("slow_{policy}_connect_failures"),
-            sum_map(&g.connect_failures),
-        );
-        let mut bad = 0;
+        for (k, v) in &g.connect_failures {
+            put(format!("slow_{policy}_connect_failures.{k}"), *v);
+        }
         for (end, n) in &g.ends {
             if policy == "disconnect" && DISCONNECT_ENDS.contains(&end.as_str()) {
                 expected += n;
             } else {
-                bad += n;
+                put(format!("slow_{policy}_ends.{end}"), *n);
             }
         }
-        put(&format!("slow_{policy}_ends"), bad);
     }
     (e, expected)
 }
@@ -722,6 +731,9 @@ pub async fn run(a: SoakArgs) -> Result<ExitCode, String> {
     let (tx, mut rx) = mpsc::channel::<(usize, Option<Tick>)>(256);
     let mut workers = spawn_workers(&plans, tx).await?;
     let nw = workers.len();
+    let mut client_pids = vec![std::process::id()];
+    client_pids.extend(workers.iter().filter_map(|w| w.child.id()));
+    let mut prev_client = procstat::sample(&client_pids).map_or(0.0, |p| p.cpu_s);
     let t0 = Instant::now();
     let st = Arc::new(PubStats::default());
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -815,6 +827,9 @@ pub async fn run(a: SoakArgs) -> Result<ExitCode, String> {
             _ => 0.0,
         };
         prev_box = bx;
+        let client_cpu = procstat::sample(&client_pids).map_or(prev_client, |p| p.cpu_s);
+        let client_pct = (client_cpu - prev_client) / dt * 100.0;
+        prev_client = client_cpu;
         let sc = scrape::fetch(&a.herald_metrics).await.unwrap_or_default();
         let total = add_counts(&latest);
         let (errs, expected) = errors(&total, &st);
@@ -833,6 +848,7 @@ pub async fn run(a: SoakArgs) -> Result<ExitCode, String> {
             fds: nfds,
             herald_cpu_pct: (pr.cpu_s - prev_proc.cpu_s) / dt * 100.0,
             box_cpu_pct: box_pct,
+            client_cpu_pct: client_pct,
             p50_ms: q(0.5),
             p99_ms: q(0.99),
             max_ms: if h.is_empty() {
@@ -848,6 +864,7 @@ pub async fn run(a: SoakArgs) -> Result<ExitCode, String> {
             churn_open: total.churn_open,
             slow_open: total.slow.values().map(|g| g.open).sum(),
             errors: errs.values().sum(),
+            error_kinds: errs.clone(),
             expected_closes: expected,
             herald_connections: sc.sum("herald_connections"),
             dropped: minus(
@@ -859,10 +876,16 @@ pub async fn run(a: SoakArgs) -> Result<ExitCode, String> {
         csv.push_str(&csv_row(&s));
         let _ = std::fs::write(&csv_path, &csv);
         say(format!(
-            "[{:>6.0}s] rss {:.1} MiB, fds {}, p50 {:.1} / p99 {:.1} ms, {:.0} deliveries/s, herald {:.0}% cpu, box {:.0}%, open {} steady / {} churn / {} slow, errors {}, 4008 {}",
-            t, mib(s.rss_bytes as f64), s.fds, s.p50_ms, s.p99_ms, s.deliveries_per_s, s.herald_cpu_pct, s.box_cpu_pct,
+            "[{:>6.0}s] rss {:.1} MiB, fds {}, p50 {:.1} / p99 {:.1} ms, {:.0} deliveries/s, herald {:.0}% / load {:.0}% of a core, box {:.0}%, open {} steady / {} churn / {} slow, errors {}, 4008 {}",
+            t, mib(s.rss_bytes as f64), s.fds, s.p50_ms, s.p99_ms, s.deliveries_per_s, s.herald_cpu_pct, s.client_cpu_pct, s.box_cpu_pct,
             s.steady_open, s.churn_open, s.slow_open, s.errors, s.expected_closes
         ));
+        if samples
+            .last()
+            .map_or(s.errors > 0, |l| l.errors != s.errors)
+        {
+            say(format!("         errors: {:?}", s.error_kinds));
+        }
         samples.push(s);
         prev_proc = pr;
         prev_t = t;
@@ -907,7 +930,7 @@ pub async fn run(a: SoakArgs) -> Result<ExitCode, String> {
     let mut end_fds = fds(pid);
     let mut end_conns = f64::NAN;
     let settle = Instant::now() + Duration::from_secs(15);
-    while !server_gone {
+    while !server_gone && alive(pid) {
         end_fds = fds(pid);
         end_conns = scrape::fetch(&a.herald_metrics)
             .await
@@ -1075,6 +1098,7 @@ pub async fn run(a: SoakArgs) -> Result<ExitCode, String> {
                 "deliveries_per_s": med(q, &|s| s.deliveries_per_s),
                 "herald_cpu_pct": med(q, &|s| s.herald_cpu_pct),
                 "box_cpu_pct": med(q, &|s| s.box_cpu_pct),
+                "client_cpu_pct": med(q, &|s| s.client_cpu_pct),
             })
         })
         .collect();
@@ -1195,7 +1219,7 @@ pub async fn run(a: SoakArgs) -> Result<ExitCode, String> {
     })
 }
 
-const CSV_HEAD: &str = "t_s,rss_mib,fds,herald_cpu_pct,box_cpu_pct,p50_ms,p99_ms,max_ms,lat_count,steady_open,deliveries_per_s,published_per_s,churn_connects_per_s,churn_open,slow_open,errors,expected_closes,herald_connections,dropped_slow_consumer,dropped_drop_oldest,dropped_conflated,dropped_closed,closes_1000,closes_4008,closes_other\n";
+const CSV_HEAD: &str = "t_s,rss_mib,fds,herald_cpu_pct,client_cpu_pct,box_cpu_pct,p50_ms,p99_ms,max_ms,lat_count,steady_open,deliveries_per_s,published_per_s,churn_connects_per_s,churn_open,slow_open,errors,expected_closes,herald_connections,dropped_slow_consumer,dropped_drop_oldest,dropped_conflated,dropped_closed,closes_1000,closes_4008,closes_other\n";
 
 fn csv_row(s: &Sample) -> String {
     let d = |k: &str| s.dropped.get(k).copied().unwrap_or(0.0);
@@ -1207,8 +1231,8 @@ fn csv_row(s: &Sample) -> String {
         .map(|(_, v)| v)
         .sum();
     format!(
-        "{:.1},{:.2},{},{:.1},{:.1},{:.3},{:.3},{:.3},{},{},{:.0},{:.0},{:.1},{},{},{},{},{},{},{},{},{},{},{},{}\n",
-        s.t_s, mib(s.rss_bytes as f64), s.fds, s.herald_cpu_pct, s.box_cpu_pct, s.p50_ms, s.p99_ms,
+        "{:.1},{:.2},{},{:.1},{:.1},{:.1},{:.3},{:.3},{:.3},{},{},{:.0},{:.0},{:.1},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+        s.t_s, mib(s.rss_bytes as f64), s.fds, s.herald_cpu_pct, s.client_cpu_pct, s.box_cpu_pct, s.p50_ms, s.p99_ms,
         s.max_ms, s.lat_count, s.steady_open, s.deliveries_per_s, s.published_per_s,
         s.churn_connects_per_s, s.churn_open, s.slow_open, s.errors, s.expected_closes,
         s.herald_connections, d("slow_consumer"), d("drop_oldest"), d("conflated"), d("closed"),
@@ -1258,7 +1282,7 @@ mod tests {
         g.ends.insert("close_4008".into(), 1);
         let (e, expected) = errors(&c, &PubStats::default());
         assert_eq!(expected, 4);
-        assert_eq!(e.get("slow_conflate_ends"), Some(&1));
+        assert_eq!(e.get("slow_conflate_ends.close_4008"), Some(&1));
         assert_eq!(e.len(), 1);
     }
 }

@@ -76,9 +76,15 @@ fn chart(lines: &[Line<'_>], span: f64, y_unit: &str, restarts: &[f64]) -> Strin
         );
         y += ystep;
     }
-    let xstep = nice_step(span / 60.0, 8.0).max(1.0 / 60.0);
+    // Minutes, or seconds for runs of three minutes or less.
+    let (unit, xu) = if span > 180.0 {
+        ("minutes", 60.0)
+    } else {
+        ("seconds", 1.0)
+    };
+    let xstep = nice_step(span / xu, 8.0);
     let mut x = 0.0;
-    while x <= span / 60.0 + 1e-9 {
+    while x <= span / xu + 1e-9 {
         let _ = write!(
             o,
             "<line class=\"grid\" x1=\"{px:.1}\" x2=\"{px:.1}\" y1=\"{MT}\" y2=\"{:.1}\"/>\
@@ -86,13 +92,13 @@ fn chart(lines: &[Line<'_>], span: f64, y_unit: &str, restarts: &[f64]) -> Strin
             MT + ph,
             MT + ph + 14.0,
             fmt_tick(x, xstep),
-            px = sx(x * 60.0)
+            px = sx(x * xu)
         );
         x += xstep;
     }
     let _ = write!(
         o,
-        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">minutes</text>\
+        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{unit}</text>\
          <text x=\"14\" y=\"{:.1}\" transform=\"rotate(-90 14 {:.1})\" text-anchor=\"middle\">{}</text>\
          <line class=\"axis\" x1=\"{ML}\" x2=\"{ML}\" y1=\"{MT}\" y2=\"{:.1}\"/>\
          <line class=\"axis\" x1=\"{ML}\" x2=\"{:.1}\" y1=\"{:.1}\" y2=\"{:.1}\"/>",
@@ -270,6 +276,11 @@ pub fn render(r: &Report<'_>) -> String {
                     label: "herald (% of a core)",
                     color: "#9467bd",
                     points: series(s, |x| x.herald_cpu_pct),
+                },
+                Line {
+                    label: "herald-load (% of a core)",
+                    color: "#e377c2",
+                    points: series(s, |x| x.client_cpu_pct),
                 },
                 Line {
                     label: "box (% of all cores)",

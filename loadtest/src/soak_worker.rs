@@ -120,6 +120,14 @@ pub struct Counts {
     pub steady_dups: u64,
     pub steady_ends: BTreeMap<String, u64>,
     pub steady_connect_failures: BTreeMap<String, u64>,
+    /// Of `steady_ends`: how long before the end the connection had last
+    /// answered a ping of herald's (`pong_<10s`, `pong_>=10s`, `no_ping`):
+    /// tells a pong herald did not read from a ping that never came.
+    #[serde(default)]
+    pub steady_end_last_pong: BTreeMap<String, u64>,
+    /// herald's pings answered, every role.
+    #[serde(default)]
+    pub pongs: u64,
     pub churn_open: u64,
     pub churn_started: u64,
     /// Closed by us after the hold, close echoed (or EOF after it).
@@ -230,6 +238,8 @@ struct Conn {
     role: Role,
     /// A ping to answer once the read buffer is released.
     pong: Option<([u8; 125], usize)>,
+    /// When the last ping was answered (0 = never).
+    last_pong: Option<Instant>,
 }
 
 impl Conn {
@@ -270,10 +280,10 @@ impl Conn {
     /// Reads once (waiting for data), then answers a ping if one came.
     async fn read_once(&mut self, w: &Shared) -> Result<(), End> {
         std::future::poll_fn(|cx| self.poll_read(cx, w)).await?;
-        self.answer_ping().await
+        self.answer_ping(w).await
     }
 
-    async fn answer_ping(&mut self) -> Result<(), End> {
+    async fn answer_ping(&mut self, w: &Shared) -> Result<(), End> {
         if let Some((p, n)) = self.pong.take() {
             let mut f = Vec::with_capacity(n + 6);
             ws::push_masked_frame(&mut f, ws::OP_PONG, &p[..n], self.mask);
@@ -281,6 +291,8 @@ impl Conn {
                 .write_all(&f)
                 .await
                 .map_err(|e| End::Io(e.kind()))?;
+            self.last_pong = Some(Instant::now());
+            w.c().pongs += 1;
         }
         Ok(())
     }
@@ -291,12 +303,15 @@ impl Conn {
             if w.stopping.get() {
                 return Ok(());
             }
+            // Biased: data that is there wins over a timer that fired
+            // late (a starved worker must not drop what already arrived).
             tokio::select! {
+                biased;
                 r = std::future::poll_fn(|cx| self.poll_read(cx, w)) => r?,
                 _ = tokio::time::sleep_until(until) => return Ok(()),
                 _ = w.stop.notified() => return Ok(()),
             }
-            self.answer_ping().await?;
+            self.answer_ping(w).await?;
         }
     }
 
@@ -479,6 +494,7 @@ async fn establish(w: &Shared, idx: u64, role: Role, topics: &[String]) -> Resul
         mask: m.to_be_bytes(),
         role,
         pong: None,
+        last_pong: None,
     };
     let mut out = Vec::new();
     for (i, name) in topics.iter().enumerate() {
@@ -551,6 +567,12 @@ async fn steady_task(w: Rc<Shared>, idx: u64) {
         match res {
             Ok(()) => return, // stopping
             Err(end) => {
+                let pong = match conn.last_pong.map(|t| t.elapsed()) {
+                    None => "no_ping",
+                    Some(d) if d < Duration::from_secs(10) => "pong_<10s",
+                    Some(_) => "pong_>=10s",
+                };
+                bump(&mut w.c().steady_end_last_pong, pong.into());
                 bump(&mut w.c().steady_ends, end.label());
                 if !nap(&w, Duration::from_secs(1)).await {
                     return;
@@ -591,6 +613,7 @@ async fn churn_one(w: Rc<Shared>, idx: u64) {
     let until = Instant::now() + Duration::from_secs(5);
     let end = loop {
         let r = tokio::select! {
+            biased;
             r = std::future::poll_fn(|cx| conn.poll_read(cx, &w)) => r,
             _ = tokio::time::sleep_until(until) => break None,
         };
