@@ -46,10 +46,12 @@ need_bins() {
 }
 
 # A TCP port no socket uses (listening or not: a client's local end in
-# FIN_WAIT2 blocks a bind too), from $1 upwards.
+# FIN_WAIT2 blocks a bind too), from $1 upwards. (Not `ss | grep -q`: with
+# pipefail, grep leaving early makes a long ss listing die of SIGPIPE and
+# the busiest port look free.)
 free_port() {
     local p=$1
-    while ss -Htan "sport = :$p" | grep -q . ; do p=$((p + 1)); done
+    while [ -n "$(ss -Htan "sport = :$p")" ]; do p=$((p + 1)); done
     echo "$p"
 }
 
@@ -113,11 +115,12 @@ start_herald() {
         HERALD_PID=${HERALD_PID:-}
         return 0
     fi
-    local ws ing adm
+    local ws ing adm extra=()
+    [ -z "${HERALD_ARGS:-}" ] || read -ra extra <<< "$HERALD_ARGS"
     ws=$(free_port 18780); ing=$(free_port $((ws + 1))); adm=$(free_port $((ing + 1)))
     env HERALD_LISTEN__WS="127.0.0.1:$ws" HERALD_LISTEN__INGEST="127.0.0.1:$ing" \
         HERALD_LISTEN__ADMIN="127.0.0.1:$adm" "$@" \
-        "$HERALD_BIN" --demo ${HERALD_CONFIG:+--config "$HERALD_CONFIG"} ${HERALD_ARGS:-} \
+        "$HERALD_BIN" --demo ${HERALD_CONFIG:+--config "$HERALD_CONFIG"} "${extra[@]}" \
         > "$OUT/herald-$name.log" 2>&1 &
     HERALD_PID=$!
     STARTED+=("$HERALD_PID")
