@@ -46,7 +46,9 @@ need_bins() {
 }
 
 # A TCP port no socket uses (listening or not: a client's local end in
-# FIN_WAIT2 blocks a bind too), from $1 upwards.
+# FIN_WAIT2 blocks a bind too), from $1 upwards. (Not `ss | grep -q`: with
+# pipefail, grep leaving early makes a long ss listing die of SIGPIPE and
+# the busiest port look free.)
 free_port() {
     local p=$1
     # Not `ss | grep -q`: grep quits at the first line, ss then dies of
@@ -102,7 +104,9 @@ forget() { # drop $1 from STARTED once stopped by hand
 
 # start_herald NAME [VAR=VALUE ...]: a fresh `herald --demo` on free ports.
 # Sets WS_URL, INGEST, ADMIN, METRICS, HERALD_PID. Extra HERALD_* overrides
-# may follow the name.
+# may follow the name. HERALD_CONFIG=FILE adds `--config FILE` (the demo
+# fills in only the credentials it leaves unset), HERALD_ARGS more
+# arguments (e.g. --no-demo-feed).
 start_herald() {
     local name=$1; shift
     if [ -n "${URL:-}" ]; then
@@ -113,11 +117,13 @@ start_herald() {
         HERALD_PID=${HERALD_PID:-}
         return 0
     fi
-    local ws ing adm
+    local ws ing adm extra=()
+    [ -z "${HERALD_ARGS:-}" ] || read -ra extra <<< "$HERALD_ARGS"
     ws=$(free_port 18780); ing=$(free_port $((ws + 1))); adm=$(free_port $((ing + 1)))
     env HERALD_LISTEN__WS="127.0.0.1:$ws" HERALD_LISTEN__INGEST="127.0.0.1:$ing" \
         HERALD_LISTEN__ADMIN="127.0.0.1:$adm" "$@" \
-        "$HERALD_BIN" --demo > "$OUT/herald-$name.log" 2>&1 &
+        "$HERALD_BIN" --demo ${HERALD_CONFIG:+--config "$HERALD_CONFIG"} "${extra[@]}" \
+        > "$OUT/herald-$name.log" 2>&1 &
     HERALD_PID=$!
     STARTED+=("$HERALD_PID")
     wait_port "$adm" 10 || die "herald did not start (see $OUT/herald-$name.log)"

@@ -33,9 +33,16 @@ pub enum Cmd {
     Smoke(SmokeArgs),
     /// Upgrades/s and server CPU per upgrade, plain or TLS.
     Handshakes(HandshakesArgs),
+    /// A long run at a steady load with churn, slow readers of every
+    /// slow-consumer policy and feed restarts: RSS, descriptors and p99 over
+    /// time, a verdict and an HTML report.
+    Soak(Box<crate::soak::SoakArgs>),
     /// Internal: a child process holding a share of the connections.
     #[command(hide = true)]
     Worker,
+    /// Internal: a soak child process.
+    #[command(hide = true)]
+    SoakWorker,
 }
 
 /// Where the subscribers connect and how they authenticate.

@@ -59,7 +59,7 @@ pub fn write(dir: &Path, page: &Page<'_>) -> Result<(), String> {
     Ok(())
 }
 
-fn esc(s: &str) -> String {
+pub fn esc(s: &str) -> String {
     let mut o = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -112,7 +112,7 @@ const MT: f64 = 20.0;
 const MB: f64 = 45.0;
 
 /// A round step giving about `n` ticks up to `max`.
-fn nice_step(max: f64, n: f64) -> f64 {
+pub fn nice_step(max: f64, n: f64) -> f64 {
     if max <= 0.0 || !max.is_finite() {
         return 1.0;
     }
@@ -148,7 +148,7 @@ pub fn si(v: f64) -> String {
     .replace(".000", "")
 }
 
-fn fmt_tick(v: f64, step: f64) -> String {
+pub fn fmt_tick(v: f64, step: f64) -> String {
     if step >= 1000.0 {
         si(v)
     } else if step >= 1.0 {

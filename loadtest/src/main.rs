@@ -3,7 +3,9 @@
 //! - `fanout`: many subscribers, a publisher, latency and throughput;
 //! - `idle`: server memory per idle connection;
 //! - `smoke`: one subscriber, ten messages, in order (CI);
-//! - `handshakes`: upgrades/s and server CPU per upgrade, `ws://` or `wss://`.
+//! - `handshakes`: upgrades/s and server CPU per upgrade, `ws://` or `wss://`;
+//! - `soak`: a long run with churn, slow readers of every policy and feed
+//!   restarts; RSS, descriptors and p99 over time, a verdict, an HTML report.
 //!
 //! Works against herald (`--url`, its protocol) and against the peer
 //! servers of `shared/peers` (`--raw-url`: `GET /sub/<topic>`, `POST
@@ -26,6 +28,9 @@ mod report;
 mod scrape;
 mod series;
 mod smoke;
+mod soak;
+mod soak_html;
+mod soak_worker;
 mod worker;
 mod ws;
 
@@ -44,6 +49,8 @@ fn main() -> ExitCode {
         Cmd::Idle(a) => block_on(idle::run(a)),
         Cmd::Smoke(a) => block_on(smoke::run(a)),
         Cmd::Handshakes(a) => handshakes::main(a),
+        Cmd::Soak(a) => block_on(soak::run(*a)),
+        Cmd::SoakWorker => soak_worker::main(),
     }
 }
 

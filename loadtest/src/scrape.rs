@@ -48,6 +48,11 @@ impl Scrape {
             .sum()
     }
 
+    /// Every sample: `name{labels}` and its value.
+    pub fn entries(&self) -> impl Iterator<Item = (&str, f64)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), *v))
+    }
+
     /// One series, e.g. `herald_closes_total{code="4008"}`; 0 if absent.
     pub fn get(&self, key: &str) -> f64 {
         self.0.get(key).copied().unwrap_or(0.0)
