@@ -213,9 +213,17 @@ fn connector(ca: &std::path::Path) -> Result<tokio_rustls::TlsConnector, String>
             .add(cert)
             .map_err(|e| format!("{}: {e}", ca.display()))?;
     }
-    // The provider herald itself uses, so both ends do the same work.
+    // ring, as herald; X25519 first, as browsers offer it (rustls's ring
+    // default leads with P-384, which would make every handshake pay for
+    // ring's slow P-384 or a retry).
     #[allow(deprecated)]
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new({
+        use rustls::crypto::ring::{default_provider, kx_group};
+        rustls::crypto::CryptoProvider {
+            kx_groups: vec![kx_group::X25519, kx_group::SECP256R1, kx_group::SECP384R1],
+            ..default_provider()
+        }
+    });
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
