@@ -17,7 +17,7 @@ use hdrhistogram::Histogram;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 use serde::Serialize;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::cli::{parse_url, HandshakesArgs};
 use crate::procstat;
@@ -271,25 +271,5 @@ async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
         .await
         .map_err(|e| FailCause::from_io(&e))?;
     let mut buf = Vec::with_capacity(256);
-    let mut chunk = [0u8; 512];
-    loop {
-        let n = s
-            .read(&mut chunk)
-            .await
-            .map_err(|e| FailCause::from_io(&e))?;
-        if n == 0 {
-            return Err(FailCause::Reset);
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(end) = ws::head_end(&buf) {
-            return match ws::status_code(&buf[..end]) {
-                Some(101) => Ok(()),
-                Some(code) => Err(FailCause::Http(code)),
-                None => Err(FailCause::Protocol),
-            };
-        }
-        if buf.len() > ws::MAX_HEAD {
-            return Err(FailCause::Protocol);
-        }
-    }
+    ws::read_upgrade_answer(s, &mut buf).await.map(|_| ())
 }

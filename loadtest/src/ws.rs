@@ -166,7 +166,10 @@ pub fn status_code(head: &[u8]) -> Option<u16> {
 /// Reads the upgrade answer into `buf` (cleared first) until the end of
 /// the head. On 101, returns the length of the head; bytes after it (frames
 /// the server sent right away) stay in `buf[head..]`.
-pub async fn read_upgrade_answer(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<usize, FailCause> {
+pub async fn read_upgrade_answer<S: tokio::io::AsyncRead + Unpin>(
+    s: &mut S,
+    buf: &mut Vec<u8>,
+) -> Result<usize, FailCause> {
     use tokio::io::AsyncReadExt;
     buf.clear();
     let mut chunk = [0u8; 1024];
